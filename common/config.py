@@ -1,0 +1,203 @@
+"""Typed configs: YAML files in `configs/` loaded into dataclasses, plus dotted `key=value` overrides.
+
+One loader serves both stages. A schema is a (nested) dataclass; a YAML file may name a `base:` file
+(relative to itself) whose values it overrides. Every key and value is checked against the schema
+before anything is built: an unknown key, a wrong type or a value outside `choices`/`min`/`max`
+(declared in a field's `metadata`) is a one-line `ConfigError` that names the key, where it came
+from, and the closest valid key or the allowed values.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A bad config key or value; the message is one line that names the fix."""
+
+
+def _closest(key: str, valid: list[str]) -> str:
+    match = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    return f" — did you mean '{match[0]}'?" if match else f" — valid keys: {', '.join(valid)}"
+
+
+def _all_keys(schema: type, prefix: str = "") -> list[str]:
+    """Every dotted key of a dataclass schema, leaves and sections."""
+    keys = []
+    for name, hint in get_type_hints(schema).items():
+        if name.startswith("_"):
+            continue
+        keys.append(prefix + name)
+        if dataclasses.is_dataclass(hint):
+            keys += _all_keys(hint, f"{prefix}{name}.")
+    return keys
+
+
+def _coerce(value: Any, hint: Any, key: str, where: str) -> Any:
+    """Check `value` against the type `hint`; convert only where lossless (int→float, list→tuple)."""
+    origin, args = get_origin(hint), get_args(hint)
+    bad = ConfigError(f"bad value {value!r} for '{key}' in {where}: expected {_type_name(hint)}")
+    if hint is Any:
+        return value
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"bad value {value!r} for '{key}' in {where} — use one of: "
+                              + ", ".join(repr(a) for a in args))
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key, where)
+            except ConfigError:
+                pass
+        raise bad
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"bad value {value!r} for '{key}' in {where}: expected {len(args)} items")
+            return tuple(_coerce(v, a, key, where) for v, a in zip(value, args))
+        item = args[0] if args else Any
+        return origin(_coerce(v, item, key, where) for v in value)
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise bad
+    if hint in (bool, str) and not isinstance(value, hint):
+        raise bad
+    return value
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _check_range(value: Any, meta: typing.Mapping, key: str, where: str) -> None:
+    if value is None:
+        return
+    if "min" in meta and value < meta["min"]:
+        raise ConfigError(f"bad value {value!r} for '{key}' in {where}: must be ≥ {meta['min']}")
+    if "max" in meta and value > meta["max"]:
+        raise ConfigError(f"bad value {value!r} for '{key}' in {where}: must be ≤ {meta['max']}")
+
+
+def build(schema: type[T], values: dict[str, Any], where: str, prefix: str = "",
+          root: type | None = None) -> T:
+    """Construct `schema` from a nested dict, validating every key and value."""
+    root = root or schema
+    hints = get_type_hints(schema, include_extras=False)
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    kwargs = {}
+    for name, value in values.items():
+        key = prefix + name
+        if name not in fields:
+            raise ConfigError(f"unknown key '{key}' in {where}{_closest(key, _all_keys(root))}")
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ConfigError(f"bad value {value!r} for '{key}' in {where}: expected a section")
+            kwargs[name] = build(hint, value, where, key + ".", root)
+        else:
+            kwargs[name] = _coerce(value, hint, key, where)
+            _check_range(kwargs[name], fields[name].metadata, key, where)
+    missing = [n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"missing key '{prefix + missing[0]}' in {where}: it has no default, set it")
+    return schema(**kwargs)
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a config YAML, following `base:` (relative to the file) recursively."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' not found — pass an existing YAML with --config")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping of keys, got {type(data).__name__}")
+    base = data.pop("base", None)
+    if base:
+        data = _deep_merge(read_yaml(path.parent / base), data)
+    return data
+
+
+def parse_override(item: str) -> dict[str, Any]:
+    """`a.b.c=value` → {'a': {'b': {'c': value}}}; the value is parsed as YAML (numbers, lists, bools)."""
+    if "=" not in item:
+        raise ConfigError(f"bad override '{item}': write it as dotted.key=value, e.g. train.steps=100")
+    key, raw = item.split("=", 1)
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    if isinstance(value, str) and value in ("None", "null"):
+        value = None
+    nested: dict[str, Any] = value
+    for part in reversed(key.strip().split(".")):
+        nested = {part: nested}
+    return nested
+
+
+def load_config(schema: type[T], path: str | Path | None, overrides: typing.Sequence[str] = ()) -> T:
+    """Load `path` (optional) into `schema`, then apply `key=value` overrides; validated as one."""
+    values = read_yaml(path) if path else {}
+    where = str(path) if path else "defaults"
+    build(schema, values, where)  # errors in the file are reported against the file
+    for item in overrides:
+        update = parse_override(item)
+        build(schema, _deep_merge(values, update), f"command-line override '{item}'")
+        values = _deep_merge(values, update)
+    cfg = build(schema, values, where)
+    validate = getattr(cfg, "validate", None)
+    if callable(validate):
+        validate()
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A plain dict (tuples as lists) of a config dataclass, for YAML/JSON."""
+    def plain(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+    return plain(dataclasses.asdict(cfg))
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    """Write the resolved config as YAML (the `config.yaml` next to a run's outputs)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def parse_cli(argv: typing.Sequence[str] | None, description: str) -> argparse.Namespace:
+    """The CLI both stages share: `--config`, `--init`, `--resume` and `key=value` overrides."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", required=True, help="YAML config (see configs/)")
+    parser.add_argument("--init", default=None, help="weights to initialise from (stage 2: a stage-1 run)")
+    parser.add_argument("--resume", default=None,
+                        help="run folder or checkpoint to resume; 'auto' = newest in train.output_dir")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.steps=100")
+    return parser.parse_args(argv)

@@ -1,0 +1,252 @@
+"""The ONE training loop both stages run, on accelerate (DDP, mixed precision, DeepSpeed ZeRO).
+
+A stage hands `train()` a `Task`: it builds the model and its param groups, makes the data stream,
+computes the loss of a batch and evaluates. The engine owns everything else: devices, precision,
+gradient accumulation and clipping, optimizer and schedule, the NaN guard, logging, progress bar,
+periodic eval, atomic checkpoints and exact resume.
+
+Exact resume: the data stream is rebuilt at every checkpoint step from a seed derived from
+(train.seed, step), and accelerate's state holds model, optimizer, scheduler, scaler and RNG; so a run
+resumed from step k sees the same batches and draws the same random numbers as one never stopped.
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from pathlib import Path
+from typing import Any, Iterator, Protocol
+
+import torch
+from torch import nn
+
+from common import checkpoint as ckpt
+from common.accel import make_accelerator, shutdown
+from common.config import save_config
+from common.metrics_log import MetricsLogger, read_metrics
+from common.optim import build_optimizer, build_scheduler
+from common.sections import OptimConfig, TrainConfig
+
+log = logging.getLogger("evaclip")
+
+
+class Task(Protocol):
+    """What a stage supplies to the engine."""
+
+    def build_model(self) -> nn.Module: ...
+
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]: ...
+
+    def train_batches(self, seed: int, rank: int, world_size: int) -> Iterator[dict[str, Any]]:
+        """An endless, deterministic stream of batches for this rank (a function of its arguments)."""
+
+    def training_loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict]:
+        """The scalar loss of a batch and extra scalars to log (plain floats or 0-d tensors)."""
+
+    def after_optimizer_step(self, model: nn.Module) -> None: ...
+
+    def evaluate(self, model: nn.Module, accelerator: Any) -> dict[str, float]:
+        """Called on every rank; returns the (already reduced) metrics, or {}."""
+
+    def save_weights(self, state_dict: dict[str, torch.Tensor], out_dir: Path) -> None:
+        """Main process only: write the consolidated weights a user exports from (safetensors)."""
+
+
+class NonFiniteError(RuntimeError):
+    """Too many consecutive steps with a non-finite loss or gradient norm."""
+
+
+def data_seed(seed: int, step: int) -> int:
+    """Seed of the data stream (re)started at `step`: the same in a resumed and an uninterrupted run."""
+    return seed * 1_000_003 + step
+
+
+def _to_device(batch: dict[str, Any], device: torch.device, float_dtype: torch.dtype | None) -> dict:
+    out = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            value = value.to(device, non_blocking=True)
+            if float_dtype is not None and value.is_floating_point():
+                value = value.to(float_dtype)
+        out[key] = value
+    return out
+
+
+class Trainer:
+    """State of one training run; `fit()` runs it. Built by `train()`."""
+
+    def __init__(self, task: Task, config: Any, train_cfg: TrainConfig, optim_cfg: OptimConfig,
+                 resume: str | None = None):
+        self.task, self.cfg, self.optim_cfg = task, train_cfg, optim_cfg
+        self.run_dir = Path(train_cfg.output_dir)
+        self.accelerator = make_accelerator(train_cfg)
+        acc = self.accelerator
+        self.is_main = acc.is_main_process
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(config, self.run_dir / "config.yaml")
+        self.resume_from = ckpt.resolve_resume(resume, self.run_dir) if resume else None
+        torch.manual_seed(train_cfg.seed)  # identical initial weights on every rank
+        model = task.build_model()
+        optimizer = build_optimizer(task.param_groups(model), optim_cfg)
+        self.scheduler = build_scheduler(optimizer, optim_cfg, train_cfg.steps)
+        self.model, self.optimizer = acc.prepare(model, optimizer)
+        acc.register_for_checkpointing(self.scheduler)  # stepped by us: once per optimizer step
+        self.is_deepspeed = acc.distributed_type.name == "DEEPSPEED"
+        self.input_dtype = torch.bfloat16 if (self.is_deepspeed and train_cfg.precision == "bf16") else None
+        self.step, self.bad_total, self.bad_run, self.skipped_samples = 0, 0, 0, 0
+        torch.manual_seed(train_cfg.seed + acc.process_index)  # per-rank dropout / drop-path
+        if self.resume_from is not None:
+            self._load(self.resume_from)
+        self.logger = MetricsLogger(self.run_dir, train_cfg.tensorboard, enabled=self.is_main)
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def _load(self, path: Path) -> None:
+        self.accelerator.load_state(str(path))
+        state = ckpt.read_engine_state(path)
+        self.step, self.bad_total = state["step"], state.get("bad_steps", 0)
+        self.skipped_samples = state.get("skipped_samples", 0)
+        if self.is_main:  # drop records the crashed run logged after this checkpoint
+            kept = [r for r in read_metrics(self.run_dir) if r.get("step", 0) <= self.step]
+            (self.run_dir / "metrics.jsonl").write_text("".join(_jsonl(r) for r in kept))
+        log.info("resumed from %s at step %d", path, self.step)
+
+    def save(self) -> Path:
+        """Atomic checkpoint of the whole training state + consolidated weights for export."""
+        acc = self.accelerator
+        final = self.run_dir / ckpt.CKPT_DIR / ckpt.checkpoint_name(self.step)
+        tmp = ckpt.temp_path(final)
+        acc.save_state(str(tmp))
+        state_dict = acc.get_state_dict(self.model)  # gathers ZeRO-3 shards (collective)
+        if self.is_main:
+            self.task.save_weights(state_dict, tmp)
+            engine_state = {"step": self.step, "bad_steps": self.bad_total,
+                            "skipped_samples": self.skipped_samples}
+            ckpt.finalize(tmp, final, engine_state, self.cfg.keep_last)
+            self.task.save_weights(state_dict, self.run_dir)  # newest weights at the run's top level
+        acc.wait_for_everyone()
+        return final
+
+    # ---- one optimizer step ------------------------------------------------------------------
+    def _all_finite(self, value: torch.Tensor) -> bool:
+        flag = torch.isfinite(value.detach().float()).all().float().reshape(1)
+        if self.accelerator.num_processes > 1:
+            flag = self.accelerator.reduce(flag, reduction="mean")
+        return bool(flag.item() == 1.0)
+
+    def _train_step(self, batches: Iterator[dict]) -> tuple[torch.Tensor | None, dict]:
+        """Forward/backward over `grad_accum` micro-batches and one optimizer step.
+        Returns (mean loss or None if the step was skipped as non-finite, extras)."""
+        acc, losses, extras = self.accelerator, [], {}
+        self.model.train()
+        for _ in range(self.cfg.grad_accum):
+            batch = next(batches)
+            self.skipped_samples += int(batch.pop("skipped", torch.zeros(1)).sum())
+            batch = _to_device(batch, acc.device, self.input_dtype)
+            with acc.accumulate(self.model), acc.autocast():
+                loss, extras = self.task.training_loss(self.model, batch)
+                if not self._all_finite(loss):
+                    return self._skip_step("loss")
+                acc.backward(loss)
+                losses.append(loss.detach())
+                if acc.sync_gradients and not self.is_deepspeed:
+                    max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
+                    grad_norm = acc.clip_grad_norm_(self.model.parameters(), max_norm)
+                    if grad_norm is not None and not torch.isfinite(grad_norm):
+                        return self._skip_step("gradient norm")
+                    extras["grad_norm"] = grad_norm
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.task.after_optimizer_step(acc.unwrap_model(self.model))
+        self.bad_run = 0
+        return torch.stack(losses).mean(), extras
+
+    def _skip_step(self, what: str) -> tuple[None, dict]:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.bad_total += 1
+        self.bad_run += 1
+        log.warning("step %d: non-finite %s, step skipped (%d in a row)", self.step, what, self.bad_run)
+        if self.bad_run >= self.cfg.max_bad_steps:
+            last = ckpt.complete_checkpoints(self.run_dir)
+            where = f"last good checkpoint: {last[-1]}" if last else "no checkpoint was saved yet"
+            raise NonFiniteError(f"{self.bad_run} consecutive non-finite steps at step {self.step} — "
+                                 f"{where}; lower optim.lr or raise train.grad_clip, then --resume")
+        return None, {}
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def _batches(self) -> Iterator[dict]:
+        acc = self.accelerator
+        return iter(self.task.train_batches(data_seed(self.cfg.seed, self.step),
+                                            acc.process_index, acc.num_processes))
+
+    def _log(self, losses: list[torch.Tensor], extras: dict, t0: float, samples: int) -> None:
+        acc = self.accelerator
+        mean_loss = torch.stack(losses).mean().reshape(1) if losses else torch.full((1,), float("nan"))
+        if acc.num_processes > 1:
+            mean_loss = acc.reduce(mean_loss.to(acc.device), reduction="mean")
+        record = {"step": self.step, "loss": float(mean_loss), "lr": self.scheduler.get_last_lr()[0],
+                  "samples_per_s": samples / max(time.perf_counter() - t0, 1e-9),
+                  "bad_steps": self.bad_total, "skipped_samples": self.skipped_samples}
+        record.update({k: float(v) for k, v in extras.items()})
+        self.logger.log(record)
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{record['loss']:.4f}")
+
+    def _evaluate(self) -> None:
+        self.model.eval()
+        with torch.no_grad():
+            metrics = self.task.evaluate(self.model, self.accelerator)
+        if metrics:
+            self.logger.log({"step": self.step, "eval": metrics})
+            log.info("step %d eval %s", self.step, metrics)
+
+    def fit(self) -> Path:
+        cfg, acc = self.cfg, self.accelerator
+        from tqdm.auto import tqdm
+        self.bar = tqdm(total=cfg.steps, initial=self.step, desc=str(self.run_dir), dynamic_ncols=True,
+                        disable=not (self.is_main and cfg.progress))
+        global_batch = cfg.batch_size * cfg.grad_accum * acc.num_processes
+        batches, losses, t0, window = self._batches(), [], time.perf_counter(), 0
+        try:
+            while self.step < cfg.steps:
+                loss, extras = self._train_step(batches)
+                self.step += 1
+                window += global_batch
+                if loss is not None:
+                    losses.append(loss)
+                self.bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    self._log(losses, extras, t0, window)
+                    losses, t0, window = [], time.perf_counter(), 0
+                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
+                    self._evaluate()
+                if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.steps:
+                    self.save()
+                    batches = self._batches()  # restart the stream where a resume would restart it
+            self._evaluate()
+            self.save()
+        finally:
+            self.bar.close()
+            self.logger.close()
+        return self.run_dir
+
+    def close(self) -> None:
+        shutdown(self.accelerator, self.model)
+        del self.model, self.optimizer
+        gc.collect()
+
+
+def _jsonl(record: dict) -> str:
+    import json
+    return json.dumps(record) + "\n"
+
+
+def train(task: Task, config: Any, resume: str | None = None) -> Path:
+    """Run `task` with `config.train` / `config.optim`; returns the run folder."""
+    trainer = Trainer(task, config, config.train, config.optim, resume)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.close()

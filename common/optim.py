@@ -1,0 +1,62 @@
+"""Optimizer and learning-rate schedule: param groups from timm's helpers, AdamW or LAMB, warmup + cosine.
+
+Param groups carry `lr_scale` (timm's convention: layer-wise lr decay, per-tower lr); the schedule
+multiplies every group's own base lr, so scales survive warmup and decay.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+import torch
+from timm.optim import create_optimizer_v2, param_groups_layer_decay, param_groups_weight_decay
+from torch import nn
+
+from common.sections import OptimConfig
+
+# Parameters that never get weight decay besides 1-D ones (norms, biases): embeddings, tokens, logit scale/bias.
+NO_DECAY_MARKERS = ("embed", "token", "logit_scale", "logit_bias", "positional_embedding")
+
+
+def no_decay_names(module: nn.Module) -> set[str]:
+    """Names in `module` exempt from weight decay: timm's `no_weight_decay()` plus embedding-like names."""
+    names = set(module.no_weight_decay()) if hasattr(module, "no_weight_decay") else set()
+    names |= {n for n, _ in module.named_parameters() if any(m in n for m in NO_DECAY_MARKERS)}
+    return names
+
+
+def tower_param_groups(module: nn.Module, weight_decay: float, lr_scale: float = 1.0,
+                       layer_decay: float = 1.0) -> list[dict[str, Any]]:
+    """Param groups of one tower: decay/no-decay split, layer-wise lr decay where the module has
+    timm's `group_matcher` (ViT trunks) and `layer_decay < 1`; every group's `lr_scale` × `lr_scale`."""
+    skip = no_decay_names(module)
+    if layer_decay < 1.0 and hasattr(module, "group_matcher"):
+        groups = param_groups_layer_decay(module, weight_decay, no_weight_decay_list=skip,
+                                          layer_decay=layer_decay)
+    else:
+        groups = param_groups_weight_decay(module, weight_decay, no_weight_decay_list=skip)
+    for group in groups:
+        group["lr_scale"] = group.get("lr_scale", 1.0) * lr_scale
+    return [g for g in groups if len(list(g["params"])) > 0]
+
+
+def build_optimizer(groups: Iterable[dict[str, Any]], cfg: OptimConfig) -> torch.optim.Optimizer:
+    """AdamW or LAMB (timm's implementations) over `groups`; each group's lr = cfg.lr × its lr_scale."""
+    groups = [dict(g, params=list(g["params"]), lr=cfg.lr * g.get("lr_scale", 1.0)) for g in groups]
+    return create_optimizer_v2(groups, opt=cfg.name, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                               betas=tuple(cfg.betas), eps=cfg.eps)
+
+
+def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
+    """Multiplier of the base lr at `step` (0-based): linear warmup, then cosine to `min_ratio`."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig,
+                    total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """A LambdaLR applying `warmup_cosine` to every group's base lr (stepped once per optimizer step)."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine(step, total_steps, cfg.warmup_steps, cfg.min_lr_ratio))

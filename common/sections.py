@@ -1,0 +1,55 @@
+"""Config sections both stages share: training loop, optimizer, data. Stage schemas compose them."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from common.transforms import AugmentConfig
+
+
+@dataclass
+class TrainConfig:
+    """The engine's loop. Batch sizes are per process; the global batch is × processes × grad_accum."""
+    output_dir: str = "runs/default"
+    steps: int = field(default=100, metadata={"min": 1})
+    batch_size: int = field(default=64, metadata={"min": 1})
+    grad_accum: int = field(default=1, metadata={"min": 1})
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    seed: int = 0
+    log_every: int = field(default=10, metadata={"min": 1})
+    eval_every: int = field(default=0, metadata={"min": 0})  # 0: evaluate only at the end
+    save_every: int = field(default=0, metadata={"min": 0})  # 0: save only at the end
+    keep_last: int = field(default=2, metadata={"min": 1})
+    grad_clip: float = field(default=1.0, metadata={"min": 0.0})  # 0: off
+    deepspeed: str = ""  # a JSON in configs/deepspeed/, e.g. configs/deepspeed/zero2.json
+    max_bad_steps: int = field(default=5, metadata={"min": 1})  # consecutive non-finite steps before stopping
+    num_threads: int = field(default=0, metadata={"min": 0})  # torch intra-op threads; 0: torch's default
+    progress: bool = True  # tqdm progress bar on the main process
+    tensorboard: bool = True
+
+
+@dataclass
+class OptimConfig:
+    """AdamW or LAMB with linear warmup then cosine decay to `min_lr_ratio × lr`."""
+    name: Literal["adamw", "lamb"] = "adamw"
+    lr: float = field(default=1e-3, metadata={"min": 0.0})
+    weight_decay: float = field(default=0.1, metadata={"min": 0.0})
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = field(default=1e-6, metadata={"min": 0.0})
+    warmup_steps: int = field(default=10, metadata={"min": 0})
+    min_lr_ratio: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})
+    layer_decay: float = field(default=1.0, metadata={"min": 0.0, "max": 1.0})  # 1.0: off
+
+
+@dataclass
+class DataConfig:
+    """Webdataset shards as written by scripts/make_shards.py (a folder, brace pattern or comma list)."""
+    train_shards: str = "data/fashion-mnist/train"
+    eval_shards: str = "data/fashion-mnist/test"
+    num_workers: int = field(default=1, metadata={"min": 0})
+    shuffle_buffer: int = field(default=2000, metadata={"min": 0})
+    image_size: int = field(default=56, metadata={"min": 8})
+    templates: str = "simple"  # prompt-template set: captions from labels and zero-shot classifiers
+    eval_batch_size: int = field(default=256, metadata={"min": 1})
+    eval_max_samples: int = field(default=0, metadata={"min": 0})  # 0: the whole eval split
+    augment: AugmentConfig = field(default_factory=AugmentConfig)

@@ -1,0 +1,135 @@
+"""The stage-2 task for the shared engine: data → CLIP forward → contrastive loss; eval; weights."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from accelerate import PartialState
+from PIL import Image
+from safetensors.torch import save_file
+from torch import nn
+
+from common import data
+from common.optim import tower_param_groups
+from common.templates import get_templates
+from common.transforms import eval_transform, preprocess_cfg, train_transform
+from stage2_contrastive.config import Stage2Config
+from stage2_contrastive.loss import ContrastiveLoss
+from stage2_contrastive.model import build_clip, build_tokenizer, clamp_logit_scale, open_clip_model_cfg
+from stage2_contrastive.zeroshot import evaluate_clip
+
+log = logging.getLogger("evaclip")
+WEIGHTS_FILE = "model.safetensors"
+MODEL_CFG_FILE = "open_clip_config.json"
+
+
+def caption_of(meta: dict[str, Any], classnames: list[str] | None, templates, index: int | None) -> str:
+    """The sample's own caption, or one synthesised from its label: template `index`, or a random one
+    drawn from torch's RNG (seeded per loader worker) when `index` is None."""
+    if meta.get("txt"):
+        return meta["txt"]
+    if meta.get("cls") is None or not classnames:
+        raise ValueError(f"sample {meta.get('key')} has neither a caption (txt) nor a class label (cls)")
+    if index is None:
+        index = int(torch.randint(len(templates), ()))
+    return templates[index % len(templates)](classnames[meta["cls"]])
+
+
+class ContrastiveTask:
+    """Stage 2: everything the engine needs, built from a `Stage2Config`."""
+
+    def __init__(self, cfg: Stage2Config, init: str | None = None):
+        self.cfg, self.init = cfg, init
+        self.train_urls = data.resolve_shards(cfg.data.train_shards)
+        self.eval_urls = data.resolve_shards(cfg.data.eval_shards) if cfg.data.eval_shards else []
+        self.classnames = data.read_classnames(cfg.data.train_shards)
+        self.templates = get_templates(cfg.data.templates)
+        self.tokenizer = build_tokenizer(cfg.model)
+        size, aug = cfg.data.image_size, cfg.data.augment
+        self.train_tf, self.eval_tf = train_transform(size, aug), eval_transform(size, aug)
+        state = PartialState()
+        self.rank, self.world_size = state.process_index, state.num_processes
+        self.global_batch = cfg.train.batch_size * self.world_size
+        self.loss_fn = ContrastiveLoss(cfg.loss, self.rank, self.world_size)
+
+    # ---- model -------------------------------------------------------------------------------
+    def model_cfg(self) -> dict[str, Any]:
+        return open_clip_model_cfg(self.cfg.model, self.cfg.loss, self.cfg.data.image_size, self.global_batch)
+
+    def build_model(self) -> nn.Module:
+        model = build_clip(self.cfg.model, self.cfg.loss, self.cfg.data.image_size, self.global_batch)
+        if self.init:
+            from stage2_contrastive.init import init_vision_from_stage1
+            init_vision_from_stage1(model, self.init)
+        return model
+
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        m, o = self.cfg.model, self.cfg.optim
+        groups = tower_param_groups(model.visual.trunk, o.weight_decay, m.vision_lr_scale, o.layer_decay)
+        groups += tower_param_groups(model.visual.head, o.weight_decay, m.vision_lr_scale)
+        groups += tower_param_groups(model.text, o.weight_decay, m.text.lr_scale)
+        scalars = [p for p in (model.logit_scale, model.logit_bias) if p is not None]
+        return groups + [{"params": scalars, "weight_decay": 0.0, "lr_scale": 1.0}]
+
+    # ---- data --------------------------------------------------------------------------------
+    def _train_sample(self, image: Image.Image, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
+        caption = caption_of(meta, self.classnames, self.templates, None)
+        return {"image": self.train_tf(image), "text": self.tokenizer([caption])[0]}
+
+    def _eval_sample(self, image: Image.Image, meta: dict[str, Any]) -> dict[str, Any]:
+        caption = caption_of(meta, self.classnames, self.templates, meta.get("index", 0))
+        return {"image": self.eval_tf(image), "label": meta["cls"], "caption": caption}
+
+    def train_batches(self, seed: int, rank: int, world_size: int) -> Iterator[dict[str, Any]]:
+        d = self.cfg.data
+        return data.make_train_loader(self.train_urls, self._train_sample, self.cfg.train.batch_size,
+                                      seed=seed, rank=rank, world_size=world_size,
+                                      num_workers=d.num_workers, shuffle_buffer=d.shuffle_buffer)
+
+    # ---- step --------------------------------------------------------------------------------
+    def training_loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict]:
+        out = model(batch["image"], batch["text"])
+        image_features, text_features, logit_scale = out[0], out[1], out[2]
+        logit_bias = out[3] if len(out) > 3 else None
+        loss = self.loss_fn(image_features, text_features, logit_scale, logit_bias)
+        extras = {"logit_scale": logit_scale.detach()}
+        if logit_bias is not None:
+            extras["logit_bias"] = logit_bias.detach()
+        return loss, extras
+
+    def after_optimizer_step(self, model: nn.Module) -> None:
+        clamp_logit_scale(model)
+
+    # ---- eval & weights ----------------------------------------------------------------------
+    def evaluate(self, model: nn.Module, accelerator: Any) -> dict[str, float]:
+        if not self.eval_urls or not self.classnames:
+            return {}
+        clip = accelerator.unwrap_model(model)
+        device, dtype = accelerator.device, next(clip.parameters()).dtype
+
+        def encode_text(texts: list[str]) -> torch.Tensor:
+            return clip.encode_text(self.tokenizer(texts).to(device), normalize=True)
+
+        def encode_image(images: torch.Tensor) -> torch.Tensor:
+            return clip.encode_image(images.to(dtype), normalize=True)
+
+        d = self.cfg.data
+        batches = data.make_eval_loader(self.eval_urls, self._eval_sample, d.eval_batch_size,
+                                        rank=accelerator.process_index, world_size=accelerator.num_processes,
+                                        max_samples=d.eval_max_samples)
+        with accelerator.autocast():
+            return evaluate_clip(encode_image, encode_text, batches, self.classnames, self.templates,
+                                 accelerator)
+
+    def save_weights(self, state_dict: dict[str, torch.Tensor], out_dir: Path) -> None:
+        """`model.safetensors` (fp32, open_clip key layout) + the open_clip config it loads with."""
+        tensors = {k: v.detach().float().contiguous().cpu() for k, v in state_dict.items()}
+        save_file(tensors, str(Path(out_dir) / WEIGHTS_FILE), metadata={"format": "pt", "stage": "2"})
+        config = {"model_cfg": self.model_cfg(),
+                  "preprocess_cfg": preprocess_cfg(self.cfg.data.image_size, self.cfg.data.augment),
+                  "evaclip": {"stage": 2, "loss": self.cfg.loss, "vision_model": self.cfg.model.vision_model,
+                              "image_size": self.cfg.data.image_size}}
+        (Path(out_dir) / MODEL_CFG_FILE).write_text(json.dumps(config, indent=2))
