@@ -1,0 +1,75 @@
+"""Loading a ViT trunk's weights at the boundary, in ONE function (timm's `checkpoint_filter_fn` style):
+strict key matching with an explicit allow-list, absolute position embeddings resampled when the
+image size differs, and one-line errors that name both shapes."""
+from __future__ import annotations
+
+import logging
+from typing import Collection
+
+import torch
+from timm.layers import resample_abs_pos_embed
+from torch import nn
+
+log = logging.getLogger("evaclip")
+
+
+class TrunkMismatchError(ValueError):
+    """A checkpoint that does not fit the trunk (another architecture or width)."""
+
+
+def _resample_pos_embed(value: torch.Tensor, trunk: nn.Module) -> torch.Tensor:
+    target = trunk.pos_embed
+    prefix = trunk.num_prefix_tokens
+    old_grid = int(round((value.shape[1] - prefix) ** 0.5))
+    new_grid = list(trunk.patch_embed.grid_size)
+    log.info("resampling pos_embed from a %dx%d grid to %dx%d", old_grid, old_grid, *new_grid)
+    resized = resample_abs_pos_embed(value, new_grid, [old_grid, old_grid], num_prefix_tokens=prefix)
+    if resized.shape != target.shape:
+        raise TrunkMismatchError(f"pos_embed {tuple(value.shape)} cannot be resampled to {tuple(target.shape)}")
+    return resized
+
+
+def fit_trunk_state(state: dict[str, torch.Tensor], trunk: nn.Module, source: str,
+                    may_differ: Collection[str] = ()) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
+    """Match `state` to `trunk`'s keys and shapes. Keys with a prefix in `may_differ` may be absent,
+    extra or of another shape (they keep the trunk's fresh values). Returns the state to load and a
+    report {"loaded", "skipped", "new"}; raises `TrunkMismatchError` on anything else."""
+    own = trunk.state_dict()
+    allowed = lambda key: any(key.startswith(p) for p in may_differ)  # noqa: E731
+    fitted, report = {}, {"loaded": [], "skipped": [], "new": []}
+    for key, value in state.items():
+        if key not in own:
+            if not allowed(key):
+                raise TrunkMismatchError(f"'{source}' has key '{key}' that the vision trunk lacks — it was "
+                                         "saved from another architecture; set model.vision_model to match it")
+            report["skipped"].append(key)
+            continue
+        if key == "pos_embed" and value.shape != own[key].shape and value.shape[-1] == own[key].shape[-1]:
+            value = _resample_pos_embed(value, trunk)
+        if value.shape != own[key].shape:
+            if allowed(key):
+                report["skipped"].append(key)
+                continue
+            raise TrunkMismatchError(f"'{source}' tensor '{key}' has shape {tuple(value.shape)} but the vision "
+                                     f"trunk expects {tuple(own[key].shape)} — another model size; set "
+                                     "model.vision_model to the one it was trained with")
+        fitted[key] = value.to(own[key].dtype)
+        report["loaded"].append(key)
+    missing = [k for k in own if k not in fitted]
+    not_allowed = [k for k in missing if not allowed(k)]
+    if not_allowed:
+        raise TrunkMismatchError(f"'{source}' lacks {len(not_allowed)} trunk tensors (first: '{not_allowed[0]}') "
+                                 "— is it a complete timm Eva trunk of the same model?")
+    report["new"] = missing
+    return fitted, report
+
+
+def load_trunk_state(trunk: nn.Module, state: dict[str, torch.Tensor], source: str,
+                     may_differ: Collection[str] = ()) -> dict[str, list[str]]:
+    """`fit_trunk_state` then load (strict over the checked keys); logs what was loaded/skipped/new."""
+    fitted, report = fit_trunk_state(state, trunk, source, may_differ)
+    result = trunk.load_state_dict(fitted, strict=False)
+    assert not result.unexpected_keys and set(result.missing_keys) == set(report["new"]), result
+    log.info("loaded %d tensors from %s; skipped %s; newly initialised %s", len(report["loaded"]), source,
+             report["skipped"] or "none", report["new"] or "none")
+    return report

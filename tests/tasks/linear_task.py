@@ -1,0 +1,85 @@
+"""A tiny regression task for engine tests: y = x·w* + noise, a deterministic stream per (seed, rank).
+
+Run as a script it trains under whatever launcher started it and writes the world size it saw:
+`python -m tests.tasks.linear_task OUT_DIR [key=value ...]`.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from common.config import load_config
+from common.optim import tower_param_groups
+from common.sections import OptimConfig, TrainConfig
+
+
+@dataclass
+class LinearConfig:
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        steps=30, batch_size=16, log_every=1, progress=False, tensorboard=False))
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=0.05, warmup_steps=2, weight_decay=0.0))
+    crash_at_step: int = 0  # >0: raise inside the step (simulates a crash)
+    nan_at_steps: tuple[int, ...] = ()  # steps whose loss is replaced by NaN
+
+
+class Crash(RuntimeError):
+    pass
+
+
+class LinearTask:
+    def __init__(self, cfg: LinearConfig):
+        self.cfg, self.step = cfg, 0
+        self.w_true = torch.tensor([[1.0], [-2.0], [0.5], [3.0]])
+
+    def build_model(self) -> nn.Module:
+        return nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.1), nn.Linear(8, 1))
+
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        return tower_param_groups(model, self.cfg.optim.weight_decay)
+
+    def train_batches(self, seed: int, rank: int, world_size: int) -> Iterator[dict[str, Any]]:
+        gen = torch.Generator().manual_seed(seed * 7919 + rank)
+        while True:
+            x = torch.randn(self.cfg.train.batch_size, 4, generator=gen)
+            yield {"x": x, "y": x @ self.w_true + 0.01 * torch.randn(x.shape[0], 1, generator=gen)}
+
+    def training_loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict]:
+        self.step += 1
+        if self.cfg.crash_at_step and self.step == self.cfg.crash_at_step:
+            raise Crash(f"injected crash at step {self.step}")
+        loss = nn.functional.mse_loss(model(batch["x"]), batch["y"])
+        if self.step in self.cfg.nan_at_steps:
+            loss = loss * float("nan")
+        return loss, {}
+
+    def after_optimizer_step(self, model: nn.Module) -> None:
+        pass
+
+    def evaluate(self, model: nn.Module, accelerator: Any) -> dict[str, float]:
+        seen = {"world": accelerator.num_processes, "rank": accelerator.process_index,
+                "dist": torch.distributed.is_initialized() and torch.distributed.get_world_size()}
+        out = Path(self.cfg.train.output_dir, f"world_rank{accelerator.process_index}.json")
+        out.write_text(json.dumps(seen))
+        x = torch.randn(64, 4, generator=torch.Generator().manual_seed(123))
+        return {"mse": float(nn.functional.mse_loss(model(x.to(accelerator.device)).cpu(), x @ self.w_true))}
+
+    def save_weights(self, state_dict: dict[str, torch.Tensor], out_dir: Path) -> None:
+        save_file({k: v.contiguous().float().cpu() for k, v in state_dict.items()},
+                  str(Path(out_dir) / "model.safetensors"))
+
+
+def main(argv: list[str]) -> None:
+    from common.engine import train
+    cfg = load_config(LinearConfig, None, [f"train.output_dir={argv[0]}", *argv[1:]])
+    train(LinearTask(cfg), cfg)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

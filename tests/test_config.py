@@ -1,0 +1,89 @@
+"""Config loading: typed sections, overrides, and one-line errors that name the key and the fix."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+import pytest
+import yaml
+
+from common.config import ConfigError, load_config, parse_cli, save_config
+
+
+@dataclass
+class Inner:
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.98)
+    name: Literal["adamw", "lamb"] = "adamw"
+
+
+@dataclass
+class Outer:
+    steps: int = field(default=10, metadata={"min": 1})
+    label: str = "x"
+    maybe: Optional[int] = None
+    train: Inner = field(default_factory=Inner)
+
+
+def write(tmp_path, text: str, name: str = "c.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_yaml_and_overrides_are_typed(tmp_path):
+    path = write(tmp_path, "steps: 5\ntrain:\n  lr: 1\n  betas: [0.8, 0.9]\n")
+    cfg = load_config(Outer, path, ["train.name=lamb", "maybe=3"])
+    assert cfg.steps == 5 and cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
+    assert cfg.train.betas == (0.8, 0.9) and cfg.train.name == "lamb" and cfg.maybe == 3
+
+
+def test_base_file_is_merged(tmp_path):
+    write(tmp_path, "steps: 5\ntrain:\n  lr: 0.5\n", "base.yaml")
+    child = write(tmp_path, "base: base.yaml\ntrain:\n  name: lamb\n", "child.yaml")
+    cfg = load_config(Outer, child)
+    assert (cfg.steps, cfg.train.lr, cfg.train.name) == (5, 0.5, "lamb")
+
+
+@pytest.mark.parametrize("text, overrides, expected", [
+    ("trian:\n  lr: 1\n", [], "unknown key 'trian' in {file} — did you mean 'train'?"),
+    ("train:\n  lrr: 1\n", [], "unknown key 'train.lrr' in {file} — did you mean 'train.lr'?"),
+    ("steps: ten\n", [], "bad value 'ten' for 'steps' in {file}: expected int"),
+    ("steps: 0\n", [], "bad value 0 for 'steps' in {file}: must be ≥ 1"),
+    ("", ["train.name=sgd"], "bad value 'sgd' for 'train.name' in command-line override 'train.name=sgd' — use one of: 'adamw', 'lamb'"),
+    ("", ["train.betas=[1]"], "bad value [1] for 'train.betas'"),
+    ("", ["stepz=3"], "did you mean 'steps'?"),
+    ("", ["steps"], "bad override 'steps': write it as dotted.key=value"),
+])
+def test_config_errors_name_the_key_and_the_fix(tmp_path, text, overrides, expected):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(Outer, path, overrides)
+    message = str(info.value)
+    assert "\n" not in message
+    assert expected.format(file=path) in message
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="not found — pass an existing YAML"):
+        load_config(Outer, tmp_path / "nope.yaml")
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = load_config(Outer, None, ["train.betas=[0.5, 0.6]", "label=hello"])
+    save_config(cfg, tmp_path / "config.yaml")
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["train"]["betas"] == [0.5, 0.6]
+    assert load_config(Outer, tmp_path / "config.yaml") == cfg
+
+
+def test_cli_has_the_three_named_flags():
+    args = parse_cli(["--config", "a.yaml", "--init", "s1", "--resume", "auto", "x.y=1"], "d")
+    assert (args.config, args.init, args.resume, args.overrides) == ("a.yaml", "s1", "auto", ["x.y=1"])
+
+
+def test_project_configs_load():
+    from stage2_contrastive.config import Stage2Config
+    cfg = load_config(Stage2Config, "configs/stage2/fmnist_tiny_sigmoid.yaml")
+    assert cfg.loss == "sigmoid" and cfg.model.vision_model == "eva02_tiny_patch14_224"
+    with pytest.raises(ConfigError, match="use one of: 'softmax', 'sigmoid'"):
+        load_config(Stage2Config, "configs/stage2/fmnist_tiny.yaml", ["loss=hinge"])
