@@ -53,7 +53,8 @@ def make_accelerator(cfg: TrainConfig):
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     on_cpu = not torch.cuda.is_available()
-    handlers = [InitProcessGroupKwargs(backend="gloo")] if on_cpu else []
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    handlers = [InitProcessGroupKwargs(backend="gloo")] if on_cpu and distributed else []
     kwargs: dict[str, Any] = {}
     if cfg.deepspeed:
         _prepare_deepspeed_env()

@@ -110,7 +110,8 @@ def build(schema: type[T], values: dict[str, Any], where: str, prefix: str = "",
         if dataclasses.is_dataclass(hint):
             if not isinstance(value, dict):
                 raise ConfigError(f"bad value {value!r} for '{key}' in {where}: expected a section")
-            kwargs[name] = build(hint, value, where, key + ".", root)
+            kwargs[name] = build(hint, _deep_merge(_section_defaults(fields[name]), value), where,
+                                 key + ".", root)
         else:
             kwargs[name] = _coerce(value, hint, key, where)
             _check_range(kwargs[name], fields[name].metadata, key, where)
@@ -119,6 +120,17 @@ def build(schema: type[T], values: dict[str, Any], where: str, prefix: str = "",
     if missing:
         raise ConfigError(f"missing key '{prefix + missing[0]}' in {where}: it has no default, set it")
     return schema(**kwargs)
+
+
+def _section_defaults(field: dataclasses.Field) -> dict[str, Any]:
+    """The values of a section field's own default (a parent may set non-class defaults)."""
+    if field.default_factory is not dataclasses.MISSING:
+        default = field.default_factory()
+    elif field.default is not dataclasses.MISSING:
+        default = field.default
+    else:
+        return {}
+    return {f.name: getattr(default, f.name) for f in dataclasses.fields(default)}
 
 
 def _deep_merge(base: dict, update: dict) -> dict:

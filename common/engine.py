@@ -167,11 +167,11 @@ class Trainer:
         self.scheduler.step()
         self.bad_total += 1
         self.bad_run += 1
-        log.warning("step %d: non-finite %s, step skipped (%d in a row)", self.step, what, self.bad_run)
+        log.warning("step %d: non-finite %s, step skipped (%d in a row)", self.step + 1, what, self.bad_run)
         if self.bad_run >= self.cfg.max_bad_steps:
             last = ckpt.complete_checkpoints(self.run_dir)
             where = f"last good checkpoint: {last[-1]}" if last else "no checkpoint was saved yet"
-            raise NonFiniteError(f"{self.bad_run} consecutive non-finite steps at step {self.step} — "
+            raise NonFiniteError(f"{self.bad_run} consecutive non-finite steps at step {self.step + 1} — "
                                  f"{where}; lower optim.lr or raise train.grad_clip, then --resume")
         return None, {}
 

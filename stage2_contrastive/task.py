@@ -14,7 +14,7 @@ from torch import nn
 
 from common import data
 from common.optim import tower_param_groups
-from common.templates import get_templates
+from common.templates import caption_of, get_templates
 from common.transforms import eval_transform, preprocess_cfg, train_transform
 from stage2_contrastive.config import Stage2Config
 from stage2_contrastive.loss import ContrastiveLoss
@@ -24,18 +24,6 @@ from stage2_contrastive.zeroshot import evaluate_clip
 log = logging.getLogger("evaclip")
 WEIGHTS_FILE = "model.safetensors"
 MODEL_CFG_FILE = "open_clip_config.json"
-
-
-def caption_of(meta: dict[str, Any], classnames: list[str] | None, templates, index: int | None) -> str:
-    """The sample's own caption, or one synthesised from its label: template `index`, or a random one
-    drawn from torch's RNG (seeded per loader worker) when `index` is None."""
-    if meta.get("txt"):
-        return meta["txt"]
-    if meta.get("cls") is None or not classnames:
-        raise ValueError(f"sample {meta.get('key')} has neither a caption (txt) nor a class label (cls)")
-    if index is None:
-        index = int(torch.randint(len(templates), ()))
-    return templates[index % len(templates)](classnames[meta["cls"]])
 
 
 class ContrastiveTask:

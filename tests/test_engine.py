@@ -3,9 +3,7 @@ guards against non-finite steps, and runs 2 real gloo processes."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,9 +13,8 @@ from common.checkpoint import complete_checkpoints
 from common.config import load_config
 from common.engine import NonFiniteError, train
 from common.metrics_log import read_metrics
+from tests.launch import ROOT, subprocess_env, torchrun
 from tests.tasks.linear_task import Crash, LinearConfig, LinearTask
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(tmp_path: Path, *overrides: str, resume: str | None = None) -> list[dict]:
@@ -68,10 +65,8 @@ def test_consecutive_non_finite_steps_stop_the_run(tmp_path):
 
 
 def test_two_gloo_processes_really_run(tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
-           "-m", "tests.tasks.linear_task", str(tmp_path), "train.steps=6"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    cmd = torchrun(2, "tests.tasks.linear_task", str(tmp_path), "train.steps=6")
+    proc = subprocess.run(cmd, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     seen = [json.loads((tmp_path / f"world_rank{r}.json").read_text()) for r in (0, 1)]
     assert [s["world"] for s in seen] == [2, 2] and [s["dist"] for s in seen] == [2, 2]

@@ -1,0 +1,58 @@
+"""Zero-shot top-1/top-5 and retrieval of ANY open_clip model on webdataset shards, with the shared
+prompt templates: `python scripts/eval_zeroshot.py --model local-dir:OUT_DIR --data SHARD_DIR`
+(or `--model ViT-B-32 --pretrained /path/weights.bin`). Prints one JSON line."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import open_clip
+import torch
+from accelerate import Accelerator
+
+from common import data
+from common.templates import caption_of, get_templates
+from stage2_contrastive.zeroshot import evaluate_clip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", required=True, help="local-dir:FOLDER or a built-in open_clip name")
+    parser.add_argument("--pretrained", default=None, help="local weights file for a built-in name")
+    parser.add_argument("--data", required=True, help="eval shards: folder, brace pattern or comma list")
+    parser.add_argument("--templates", default="simple")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--max-samples", type=int, default=0)
+    args = parser.parse_args(argv)
+    try:
+        urls = data.resolve_shards(args.data)
+        classnames = data.read_classnames(args.data)
+        if not classnames:
+            raise FileNotFoundError(f"no classnames.txt beside '{args.data}' — zero-shot needs class names")
+        model, _, preprocess = open_clip.create_model_and_transforms(args.model, pretrained=args.pretrained)
+        tokenizer = open_clip.get_tokenizer(args.model)
+    except (FileNotFoundError, ValueError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    model = model.to(accelerator.device).eval()
+    templates = get_templates(args.templates)
+
+    def sample(image, meta):
+        caption = caption_of(meta, classnames, templates, meta.get("index", 0))
+        return {"image": preprocess(image), "label": meta["cls"], "caption": caption}
+
+    start = time.perf_counter()
+    batches = data.make_eval_loader(urls, sample, args.batch_size, max_samples=args.max_samples)
+    metrics = evaluate_clip(lambda x: model.encode_image(x, normalize=True),
+                            lambda t: model.encode_text(tokenizer(t).to(accelerator.device), normalize=True),
+                            batches, classnames, templates, accelerator)
+    metrics.update(model=args.model, data=args.data, seconds=round(time.perf_counter() - start, 1))
+    print(json.dumps(metrics))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
