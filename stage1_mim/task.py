@@ -50,7 +50,7 @@ class MimTask:
     def build_model(self) -> nn.Module:
         student = MaskedEvaStudent(self.trunk, self.teacher.embed_dim)
         if self.cfg.student.grad_checkpointing:
-            student.trunk.set_grad_checkpointing(True)
+            student.set_grad_checkpointing(True)
         return student
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
