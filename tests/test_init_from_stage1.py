@@ -1,0 +1,60 @@
+"""`--init`: a stage-1 trunk loads strictly into the stage-2 vision tower; wrong shapes are one-line errors."""
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from common.trunk_io import TrunkMismatchError
+from common.vit import create_eva_trunk
+from stage1_mim.model import MaskedEvaStudent
+from stage2_contrastive.config import ModelConfig, TextConfig
+from stage2_contrastive.init import init_vision_from_stage1
+from stage2_contrastive.model import build_clip
+
+TINY_TEXT = TextConfig(context_length=8, width=32, heads=2, layers=1)
+
+
+def clip(image_size: int = 28, name: str = "eva02_tiny_patch14_224"):
+    return build_clip(ModelConfig(vision_model=name, embed_dim=16, text=TINY_TEXT), "softmax", image_size, 8)
+
+
+def stage1_trunk_file(tmp_path, image_size: int = 28):
+    torch.manual_seed(1)
+    student = MaskedEvaStudent(create_eva_trunk("eva02_tiny_patch14_224", image_size), target_dim=16)
+    state = student.trunk_state_dict()
+    file = tmp_path / "student_trunk.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(file))
+    return file, state
+
+
+def test_init_round_trip_equals_stage1_trunk(tmp_path):
+    file, state = stage1_trunk_file(tmp_path)
+    model = clip()
+    report = init_vision_from_stage1(model, tmp_path)  # the run folder form
+    loaded = model.visual.trunk.state_dict()
+    assert set(loaded) == set(state) and not report["new"]
+    for key, value in state.items():
+        assert torch.equal(loaded[key], value), key
+
+
+def test_init_resamples_pos_embed_for_another_image_size(tmp_path):
+    file, state = stage1_trunk_file(tmp_path, image_size=28)
+    model = clip(image_size=56)
+    init_vision_from_stage1(model, file)
+    assert model.visual.trunk.pos_embed.shape == (1, 17, 192)
+    assert torch.equal(model.visual.trunk.blocks[0].attn.qkv.weight, state["blocks.0.attn.qkv.weight"])
+
+
+def test_wrong_architecture_names_both_shapes(tmp_path):
+    file, _ = stage1_trunk_file(tmp_path)
+    with pytest.raises(TrunkMismatchError) as info:
+        init_vision_from_stage1(clip(name="eva02_small_patch14_224"), file)
+    message = str(info.value)
+    assert "(192,)" in message or "192" in message
+    assert "384" in message and "model.vision_model" in message and "\n" not in message
+
+
+def test_missing_init_path_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="stage-1 run folder"):
+        init_vision_from_stage1(clip(), tmp_path / "nope")
