@@ -25,6 +25,17 @@ class NotARunError(ValueError):
     """The given folder is not a run (or checkpoint) of the expected stage."""
 
 
+def write_stage2_weights(out_dir: str | Path, state_dict: dict[str, torch.Tensor], model_cfg: dict[str, Any],
+                         preprocess_cfg: dict[str, Any], meta: dict[str, Any]) -> None:
+    """What a stage-2 run (and each checkpoint) holds for export: fp32 `model.safetensors` in open_clip's
+    key layout + `open_clip_config.json` (model_cfg, preprocess_cfg, and our `evaclip` metadata)."""
+    out = Path(out_dir)
+    tensors = {k: v.detach().float().contiguous().cpu() for k, v in state_dict.items()}
+    save_file(tensors, str(out / STAGE2_WEIGHTS), metadata={"format": "pt", "stage": "2"})
+    config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg, "evaclip": meta}
+    (out / STAGE2_CONFIG).write_text(json.dumps(config, indent=2))
+
+
 def find_weights(run_dir: str | Path, filename: str, what: str) -> Path:
     """`filename` in a run folder (top level), one of its checkpoints, or the file itself."""
     path = Path(run_dir)

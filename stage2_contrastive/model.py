@@ -22,6 +22,7 @@ log = logging.getLogger("evaclip")
 def open_clip_model_cfg(cfg: ModelConfig, loss: str, image_size: int, global_batch: int) -> dict[str, Any]:
     """The `model_cfg` dict open_clip builds this model from (vision tower named by `timm_model_name`)."""
     model_cfg: dict[str, Any] = {
+        "custom_text": True,  # open_clip builds CustomTextCLIP (towers under `visual.*` / `text.*`)
         "embed_dim": cfg.embed_dim,
         "init_logit_scale": cfg.init_logit_scale if cfg.init_logit_scale is not None
         else default_logit_scale(loss),
@@ -42,6 +43,7 @@ def build_clip(cfg: ModelConfig, loss: str, image_size: int, global_batch: int) 
     `TimmModel` does not forward `img_size` to timm) with identical parameter names."""
     model_cfg = open_clip_model_cfg(cfg, loss, image_size, global_batch)
     vision_cfg = dict(model_cfg["vision_cfg"], patch_dropout=0.0)  # no throwaway 224-px trunk kwargs
+    model_cfg.pop("custom_text")
     model = CustomTextCLIP(**dict(model_cfg, vision_cfg=vision_cfg))
     model.visual.trunk = create_eva_trunk(cfg.vision_model, image_size, drop_path_rate=cfg.drop_path_rate,
                                           patch_drop_rate=cfg.patch_dropout, attention=cfg.attention)

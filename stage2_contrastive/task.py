@@ -1,7 +1,6 @@
 """The stage-2 task for the shared engine: data → CLIP forward → contrastive loss; eval; weights."""
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any, Iterator
@@ -9,10 +8,10 @@ from typing import Any, Iterator
 import torch
 from accelerate import PartialState
 from PIL import Image
-from safetensors.torch import save_file
 from torch import nn
 
 from common import data
+from common.export import write_stage2_weights
 from common.optim import tower_param_groups
 from common.templates import caption_of, get_templates
 from common.transforms import eval_transform, preprocess_cfg, train_transform
@@ -22,8 +21,6 @@ from stage2_contrastive.model import build_clip, build_tokenizer, clamp_logit_sc
 from stage2_contrastive.zeroshot import evaluate_clip
 
 log = logging.getLogger("evaclip")
-WEIGHTS_FILE = "model.safetensors"
-MODEL_CFG_FILE = "open_clip_config.json"
 
 
 class ContrastiveTask:
@@ -113,11 +110,7 @@ class ContrastiveTask:
                                  accelerator)
 
     def save_weights(self, state_dict: dict[str, torch.Tensor], out_dir: Path) -> None:
-        """`model.safetensors` (fp32, open_clip key layout) + the open_clip config it loads with."""
-        tensors = {k: v.detach().float().contiguous().cpu() for k, v in state_dict.items()}
-        save_file(tensors, str(Path(out_dir) / WEIGHTS_FILE), metadata={"format": "pt", "stage": "2"})
-        config = {"model_cfg": self.model_cfg(),
-                  "preprocess_cfg": preprocess_cfg(self.cfg.data.image_size, self.cfg.data.augment),
-                  "evaclip": {"stage": 2, "loss": self.cfg.loss, "vision_model": self.cfg.model.vision_model,
-                              "image_size": self.cfg.data.image_size}}
-        (Path(out_dir) / MODEL_CFG_FILE).write_text(json.dumps(config, indent=2))
+        d = self.cfg.data
+        meta = {"stage": 2, "loss": self.cfg.loss, "vision_model": self.cfg.model.vision_model,
+                "image_size": d.image_size}
+        write_stage2_weights(out_dir, state_dict, self.model_cfg(), preprocess_cfg(d.image_size, d.augment), meta)
