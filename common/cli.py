@@ -18,11 +18,17 @@ def run_stage(argv: Sequence[str] | None, description: str, schema: type,
         if args.init and not accepts_init:
             raise ConfigError("--init is a stage-2 flag (initialise from a stage-1 run); drop it here")
         cfg = load_config(schema, args.config, args.overrides)
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    from common.accel import make_accelerator
+    from common.engine import train
+    accelerator = make_accelerator(cfg.train)  # first: tasks read rank / world size from its state
+    try:
         task = make_task(cfg, args.init)
     except (ConfigError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    from common.engine import train
-    run_dir = train(task, cfg, resume=args.resume)
+    run_dir = train(task, cfg, resume=args.resume, accelerator=accelerator)
     print(f"finished: {run_dir}")
     return 0

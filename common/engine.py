@@ -76,10 +76,10 @@ class Trainer:
     """State of one training run; `fit()` runs it. Built by `train()`."""
 
     def __init__(self, task: Task, config: Any, train_cfg: TrainConfig, optim_cfg: OptimConfig,
-                 resume: str | None = None):
+                 resume: str | None = None, accelerator: Any = None):
         self.task, self.cfg, self.optim_cfg = task, train_cfg, optim_cfg
         self.run_dir = Path(train_cfg.output_dir)
-        self.accelerator = make_accelerator(train_cfg)
+        self.accelerator = accelerator or make_accelerator(train_cfg)
         acc = self.accelerator
         self.is_main = acc.is_main_process
         if self.is_main:
@@ -117,6 +117,7 @@ class Trainer:
         final = self.run_dir / ckpt.CKPT_DIR / ckpt.checkpoint_name(self.step)
         tmp = ckpt.temp_path(final)
         acc.save_state(str(tmp))
+        acc.wait_for_everyone()  # every rank's RNG/optimizer shard is in `tmp` before it is renamed
         state_dict = acc.get_state_dict(self.model)  # gathers ZeRO-3 shards (collective)
         if self.is_main:
             self.task.save_weights(state_dict, tmp)
@@ -188,7 +189,8 @@ class Trainer:
             mean_loss = acc.reduce(mean_loss.to(acc.device), reduction="mean")
         record = {"step": self.step, "loss": float(mean_loss), "lr": self.scheduler.get_last_lr()[0],
                   "samples_per_s": samples / max(time.perf_counter() - t0, 1e-9),
-                  "bad_steps": self.bad_total, "skipped_samples": self.skipped_samples}
+                  "bad_steps": self.bad_total, "skipped_samples": self.skipped_samples,
+                  "world_size": acc.num_processes}
         record.update({k: float(v) for k, v in extras.items()})
         self.logger.log(record)
         if self.bar is not None:
@@ -243,9 +245,10 @@ def _jsonl(record: dict) -> str:
     return json.dumps(record) + "\n"
 
 
-def train(task: Task, config: Any, resume: str | None = None) -> Path:
-    """Run `task` with `config.train` / `config.optim`; returns the run folder."""
-    trainer = Trainer(task, config, config.train, config.optim, resume)
+def train(task: Task, config: Any, resume: str | None = None, accelerator: Any = None) -> Path:
+    """Run `task` with `config.train` / `config.optim`; returns the run folder. Pass the accelerator
+    when the task was built after creating it (tasks read rank/world size from accelerate's state)."""
+    trainer = Trainer(task, config, config.train, config.optim, resume, accelerator)
     try:
         return trainer.fit()
     finally:

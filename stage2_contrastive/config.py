@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from common.config import ConfigError
+from common.vit import check_vision_config
 from common.sections import DataConfig, OptimConfig, TrainConfig
 
 CLIP_BPE_VOCAB = 49408  # open_clip's bundled BPE tokenizer
@@ -47,6 +48,10 @@ class Stage2Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
 
     def validate(self) -> None:
+        try:
+            check_vision_config(self.model.vision_model, self.data.image_size)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         """Cross-field checks that no single field can make."""
         if self.model.text.vocab_size != CLIP_BPE_VOCAB:
             raise ConfigError(f"model.text.vocab_size={self.model.text.vocab_size} does not match the CLIP BPE "

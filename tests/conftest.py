@@ -1,0 +1,35 @@
+"""Shared fixtures: a small real Fashion-MNIST shard set (made once per session) and tiny model configs."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(1)
+
+# Tiny but real: the registered Eva at 28 px (2×2 patches) and a 2-layer text tower.
+TINY_STAGE2 = [
+    "model.embed_dim=32", "model.text.context_length=16", "model.text.width=32", "model.text.heads=2",
+    "model.text.layers=2", "data.image_size=28", "data.num_workers=0", "data.shuffle_buffer=64",
+    "data.eval_max_samples=64", "data.eval_batch_size=32", "train.batch_size=8", "train.log_every=1",
+    "train.progress=false", "train.tensorboard=false", "optim.warmup_steps=2",
+]
+
+
+@pytest.fixture(scope="session")
+def fmnist_shards(tmp_path_factory) -> Path:
+    """512 train / 128 test Fashion-MNIST samples in 128-sample shards, with classnames.txt."""
+    from common.shards import ShardOptions, make_shards
+    out = tmp_path_factory.mktemp("fmnist_shards")
+    make_shards(ShardOptions(source="fashion-mnist", out=str(out), samples_per_shard=128,
+                             max_train=512, max_test=128, seed=0))
+    return out
+
+
+@pytest.fixture
+def stage2_overrides(fmnist_shards, tmp_path) -> list[str]:
+    return [f"data.train_shards={fmnist_shards / 'train'}", f"data.eval_shards={fmnist_shards / 'test'}",
+            f"train.output_dir={tmp_path / 'run'}", *TINY_STAGE2]

@@ -1,0 +1,166 @@
+"""common/data.py: shard lists, the deterministic training stream, skip counting, the eval stream."""
+from __future__ import annotations
+
+import functools
+import itertools
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from common import data
+from common.shards import Record, _NoBar, encode_png, write_split
+
+N_SHARDS, PER_SHARD = 4, 10  # sample id i: an 8×8 gray image filled with value i, class i % 3
+
+
+def _png(i: int) -> bytes:
+    return encode_png(Image.fromarray(np.full((8, 8), i, dtype=np.uint8)))
+
+
+def _garbage() -> bytes:
+    return b"\x89PNG\r\n\x1a\n" + b"garbage" * 10
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    """4 shards × 10 samples under ROOT/train (+ classnames.txt in ROOT)."""
+    root = tmp_path_factory.mktemp("shards")
+    records = [Record(i, functools.partial(_png, i), i % 3) for i in range(N_SHARDS * PER_SHARD)]
+    write_split(records, root / "train", "train", PER_SHARD, _NoBar())
+    (root / "classnames.txt").write_text("a\nb\nc\n")
+    return root / "train"
+
+
+def identify(image: Image.Image, meta: dict) -> dict:
+    """map_sample: the sample id, its label, and one draw from torch's RNG (tests augmentation seeding)."""
+    return {"id": int(np.asarray(image)[0, 0]), "label": meta["cls"], "noise": torch.rand(2)}
+
+
+def fail_on_multiples_of_7(image: Image.Image, meta: dict) -> dict:
+    out = identify(image, meta)
+    if out["id"] % 7 == 0:
+        raise ValueError("no multiples of 7")
+    return out
+
+
+def take(loader, n: int) -> list[dict]:
+    return list(itertools.islice(iter(loader), n))
+
+
+def train_loader(shards: Path, seed: int = 0, **kw) -> object:
+    urls = kw.pop("urls", None) or data.resolve_shards(str(shards))
+    args = {"rank": 0, "world_size": 1, "num_workers": 0, "shuffle_buffer": 16, "map_sample": identify, **kw}
+    return data.make_train_loader(urls, batch_size=8, seed=seed, **args)
+
+
+def ids(batches: list[dict]) -> list[int]:
+    return [int(i) for b in batches for i in b["id"]]
+
+
+def test_resolve_shards_folder_brace_and_comma_list(shards):
+    urls = data.resolve_shards(str(shards))
+    assert [Path(u).name for u in urls] == [f"shard-{i:06d}.tar" for i in range(N_SHARDS)]
+    assert data.resolve_shards(f"{shards}/shard-{{000001..000002}}.tar") == urls[1:3]
+    assert data.resolve_shards(f"{urls[3]},{shards}/shard-{{000000,000001}}.tar") == [urls[3], *urls[:2]]
+    assert data.read_classnames(str(shards)) == ["a", "b", "c"]
+    assert data.dataset_size(str(shards)) == N_SHARDS * PER_SHARD
+
+
+def test_resolve_shards_no_match_names_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no shards match '.*nothing' — run scripts/make_shards.py"):
+        data.resolve_shards(str(tmp_path / "nothing"))
+
+
+def test_check_enough_data_rejects_less_than_one_global_batch(shards):
+    assert data.check_enough_data(str(shards), 20, 2) == 40
+    with pytest.raises(ValueError, match="fewer than one global batch"):
+        data.check_enough_data(str(shards), 16, 3)
+    with pytest.raises(ValueError, match="fewer than one global batch"):
+        data.make_train_loader(data.resolve_shards(str(shards)), identify, 32, seed=0, world_size=2)
+
+
+def test_train_loader_is_deterministic_for_a_seed(shards):
+    first, again, other = take(train_loader(shards), 3), take(train_loader(shards), 3), take(train_loader(shards, 1), 3)
+    assert ids(first) == ids(again)
+    assert all(torch.equal(a["noise"], b["noise"]) for a, b in zip(first, again))
+    assert ids(first) != ids(other)
+    assert first[0]["id"].shape == (8,) and first[0]["noise"].shape == (8, 2)
+    assert all(int(i) % 3 == int(label) for b in first for i, label in zip(b["id"], b["label"]))
+
+
+def test_train_loader_ignores_the_callers_global_rng(shards):
+    torch.manual_seed(123)
+    first = take(train_loader(shards), 2)
+    torch.manual_seed(456)
+    loader = iter(train_loader(shards))
+    torch.rand(5)  # the training step draws numbers between batches
+    second = [next(loader), (torch.rand(3), next(loader))[1]]
+    assert all(torch.equal(a["noise"], b["noise"]) for a, b in zip(first, second))
+
+
+def test_ranks_read_disjoint_shards(shards):
+    seen = [set(ids(take(train_loader(shards, rank=r, world_size=2), 10))) for r in range(2)]
+    assert seen[0] and seen[1] and not seen[0] & seen[1]
+
+
+def test_truncated_tar_is_skipped_counted_and_training_continues(shards, tmp_path):
+    urls = data.resolve_shards(str(shards))
+    broken = tmp_path / "truncated.tar"
+    raw = Path(urls[0]).read_bytes()
+    broken.write_bytes(raw[: len(raw) // 2 + 100])
+    batches = take(train_loader(shards, urls=[*urls, str(broken)]), 30)
+    assert len(batches) == 30
+    assert sum(int(b["skipped"].sum()) for b in batches) > 0
+
+
+def test_map_sample_errors_are_skipped_and_counted(shards):
+    batches = take(train_loader(shards, map_sample=fail_on_multiples_of_7), 10)
+    assert not any(i % 7 == 0 for i in ids(batches))
+    assert sum(int(b["skipped"].sum()) for b in batches) > 0
+
+
+def test_two_workers_are_deterministic_and_report_skips(shards, tmp_path):
+    urls = data.resolve_shards(str(shards))
+    broken = tmp_path / "truncated.tar"
+    broken.write_bytes(Path(urls[1]).read_bytes()[:3000])
+    kw = {"urls": [*urls, str(broken)], "num_workers": 2, "map_sample": fail_on_multiples_of_7}
+    first, again = take(train_loader(shards, **kw), 8), take(train_loader(shards, **kw), 8)
+    assert ids(first) == ids(again)
+    assert all(torch.equal(a["noise"], b["noise"]) for a, b in zip(first, again))
+    assert sum(int(b["skipped"].sum()) for b in first) > 0
+
+
+def test_one_worker_gives_the_in_process_stream(shards):
+    assert ids(take(train_loader(shards, num_workers=1), 3)) == ids(take(train_loader(shards), 3))
+
+
+def test_eval_skips_are_exact(shards, tmp_path):
+    bad = tmp_path / "bad"
+    records = [Record(i, functools.partial(_png, i), 0) for i in range(5)]
+    records.append(Record(5, _garbage, 0))
+    write_split(records, bad, "train", 100, _NoBar())
+    urls = [*data.resolve_shards(str(shards)), *data.resolve_shards(str(bad))]
+    batches = list(data.make_eval_loader(urls, fail_on_multiples_of_7, 16))
+    emitted = ids(batches)
+    assert len(emitted) == 40 - 6 + 5 - 1  # ids 0, 7, …, 35 fail in map; one undecodable image
+    assert sum(int(b["skipped"].sum()) for b in batches) == 6 + 1 + 1  # + the bad shard's id 0
+
+
+@pytest.mark.parametrize("split_by", ["shards", "samples"])
+def test_eval_loader_covers_every_sample_once_across_two_ranks(shards, tmp_path, split_by):
+    urls = data.resolve_shards(str(shards))
+    if split_by == "samples":  # no sizes.json → split by sample index
+        for url in urls:
+            shutil.copy(url, tmp_path)
+        urls = data.resolve_shards(str(tmp_path))
+    per_rank = [list(data.make_eval_loader(urls, identify, 7, rank=r, world_size=2)) for r in range(2)]
+    all_ids = [i for batches in per_rank for i in ids(batches)]
+    assert sorted(all_ids) == list(range(N_SHARDS * PER_SHARD))
+    assert ids(per_rank[0]) == ids(list(data.make_eval_loader(urls, identify, 7, rank=0, world_size=2)))
+    assert any(len(b["id"]) < 7 for b in per_rank[0])  # last partial batch kept
+    first_ten = list(data.make_eval_loader(urls, identify, 4, rank=0, world_size=1, max_samples=10))
+    assert len(ids(first_ten)) == 10
