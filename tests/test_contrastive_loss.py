@@ -25,7 +25,9 @@ def scalar(value: float) -> torch.Tensor:
 
 
 def naive_softmax(img, txt, scale):
-    """½ [mean_i −log(e^{s·x_i·y_i} / Σ_j e^{s·x_i·y_j}) + mean_i −log(e^{s·y_i·x_i} / Σ_j e^{s·y_i·x_j})]."""
+    """Image→text and text→image cross-entropy, averaged:
+    ½ [mean_i −log(e^{s·x_i·y_i} / Σ_j e^{s·x_i·y_j}) + mean_i −log(e^{s·y_i·x_i} / Σ_j e^{s·y_i·x_j})]
+    """
     n = img.shape[0]
     image_to_text = text_to_image = 0.0
     for i in range(n):

@@ -67,20 +67,22 @@ def two_ranks(tmp_path_factory) -> list[dict[str, dict[str, torch.Tensor]]]:
 
 
 def assert_ranks_equal_one_process(ranks: list[dict[str, torch.Tensor]], single: dict[str, torch.Tensor]):
-    """What DDP over W ranks would see equals one process on the concatenated batch.
+    """What DDP over W ranks would see equals one process on the concatenated batch (loss L).
 
-    loss:     rank r returns its share L_r; the mean over ranks is the global loss L.
-    features: the all-gather's (softmax) or the ring exchange's (sigmoid) backward brings every rank's
-              loss home, so rank r's feature rows get g_r = Σ_s ∂L_s/∂f_r = ∂(W·L)/∂f_r = W·∂L/∂f_r.
-              DDP averages parameter gradients, (1/W)·Σ_r J_rᵀ g_r = Σ_r J_rᵀ ∂L/∂f_r = ∂L/∂θ exactly when
-              g_r / W equals the single-process gradient of rows r — which is what we compare.
-    scalars:  logit_scale / logit_bias are replicated; rank r's gradient is ∂L_r/∂s and DDP's average
+    loss:     rank r returns its share L_r; the mean over ranks is the global loss, (1/W)·Σ_r L_r = L.
+    features: the backward of the all-gather (softmax) or of the ring exchange (sigmoid texts) brings
+              every rank's loss home, so rank r's rows get g_r = Σ_s ∂L_s/∂f_r = ∂(W·L)/∂f_r = W·∂L/∂f_r
+              (sigmoid image rows never leave their rank: only L_r depends on them, same identity).
+              DDP averages parameter gradients: (1/W)·Σ_r J_rᵀ g_r = Σ_r J_rᵀ ∂L/∂f_r = ∂L/∂θ exactly
+              when g_r / W equals the single-process gradient of rows r — which is what is compared.
+    scalars:  logit_scale / logit_bias are replicated; rank r's gradient is ∂L_r/∂s, and DDP's average
               (1/W)·Σ_r ∂L_r/∂s = ∂L/∂s is compared with the single-process gradient.
     """
     world = len(ranks)
     torch.testing.assert_close(sum(r["loss"] for r in ranks) / world, single["loss"], rtol=0, atol=TOL)
     for name in ("image", "text"):
-        torch.testing.assert_close(torch.cat([r[name] for r in ranks]) / world, single[name], rtol=0, atol=TOL,
+        rows_of_all_ranks = torch.cat([r[name] for r in ranks])
+        torch.testing.assert_close(rows_of_all_ranks / world, single[name], rtol=0, atol=TOL,
                                    msg=lambda m, name=name: f"{name} feature gradient: {m}")
     for name in single.keys() - {"loss", "image", "text"}:
         torch.testing.assert_close(sum(r[name] for r in ranks) / world, single[name], rtol=0, atol=TOL,
