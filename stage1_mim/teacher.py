@@ -53,6 +53,7 @@ class FrozenTeacher(nn.Module):
         self.register_buffer("shift", (mean_s - mean_t) / std_t, persistent=False)
         self.embed_dim = self._probe_dim()
         self._logged_resize = False
+        self.eval()
 
     def train(self, mode: bool = True) -> "FrozenTeacher":
         return super().train(False)  # always eval
