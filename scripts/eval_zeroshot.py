@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     templates = get_templates(args.templates)
 
     def sample(image, meta):
-        caption = caption_of(meta, classnames, templates, meta.get("index", 0))
+        caption = caption_of(meta, classnames, templates, 0)
         return {"image": preprocess(image), "label": meta["cls"], "caption": caption}
 
     start = time.perf_counter()

@@ -65,7 +65,7 @@ class ContrastiveTask:
         return {"image": self.train_tf(image), "text": self.tokenizer([caption])[0]}
 
     def _eval_sample(self, image: Image.Image, meta: dict[str, Any]) -> dict[str, Any]:
-        caption = caption_of(meta, self.classnames, self.templates, meta.get("index", 0))
+        caption = caption_of(meta, self.classnames, self.templates, 0)
         return {"image": self.eval_tf(image), "label": meta["cls"], "caption": caption}
 
     def train_batches(self, seed: int, rank: int, world_size: int) -> Iterator[dict[str, Any]]:

@@ -1,8 +1,10 @@
 """Zero-shot classification and image↔text retrieval on a held-out split, distributed across ranks.
 
 Every rank embeds its slice of the eval stream; counts are summed and features gathered, so the
-numbers equal a single-process evaluation. Retrieval treats as positives all texts whose caption
-string equals the image's own (class-derived captions repeat across images of a class).
+numbers equal a single-process evaluation. Retrieval runs over UNIQUE captions: class-derived captions
+repeat across the images of a class, so i2t ranks the distinct texts (positive: the image's own
+caption) and t2i asks, for each distinct text, whether an image carrying it is in the top-k. With
+real per-image captions nothing repeats and this is ordinary image↔text retrieval.
 """
 from __future__ import annotations
 
@@ -74,7 +76,18 @@ def evaluate_clip(encode_image: Callable[[torch.Tensor], torch.Tensor],
     img = gather_rows(torch.cat(image_feats) if image_feats else torch.zeros(0, dim, device=device), accelerator)
     txt = gather_rows(torch.cat(text_feats) if text_feats else torch.zeros(0, dim, device=device), accelerator)
     cid = gather_rows(torch.cat(ids) if ids else torch.zeros(0, dtype=torch.long, device=device), accelerator)
-    for name, (q, k) in {"i2t": (img, txt), "t2i": (txt, img)}.items():
-        for r, value in zip(RECALL_AT, retrieval_recall(F.normalize(q, dim=-1), F.normalize(k, dim=-1), cid, cid)):
+    img, txt = F.normalize(img, dim=-1), F.normalize(txt, dim=-1)
+    unique_ids, first = first_occurrences(cid)
+    pairs = {"i2t": (img, txt[first], cid, unique_ids), "t2i": (txt[first], img, unique_ids, cid)}
+    for name, (queries, keys, query_ids, key_ids) in pairs.items():
+        for r, value in zip(RECALL_AT, retrieval_recall(queries, keys, query_ids, key_ids)):
             metrics[f"{name}_R@{r}"] = value
     return metrics
+
+
+def first_occurrences(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(unique ids [U], index of each one's first occurrence in `ids` [U])."""
+    unique_ids, inverse = torch.unique(ids, return_inverse=True)
+    positions = torch.arange(ids.shape[0], device=ids.device)
+    first = torch.full_like(unique_ids, ids.shape[0]).scatter_reduce(0, inverse, positions, reduce="amin")
+    return unique_ids, first

@@ -49,3 +49,14 @@ def test_evaluate_clip_on_a_known_answer():
 
 def test_caption_id_is_stable():
     assert caption_id("a cat") == caption_id("a cat") != caption_id("a dog")
+
+
+def test_retrieval_runs_over_unique_captions():
+    # 6 images of 2 classes, one caption per class: i2t ranks the 2 distinct texts, not 6 copies
+    img = F.normalize(torch.tensor([[1.0, 0.0]] * 3 + [[0.0, 1.0]] * 3), dim=-1)
+    captions = ["a cat."] * 3 + ["a dog."] * 3
+    text_of = {"a cat.": [1.0, 0.0], "a dog.": [0.0, 1.0]}
+    batches = [{"image": img, "label": torch.tensor([0] * 3 + [1] * 3), "caption": captions}]
+    metrics = evaluate_clip(lambda x: x, lambda t: torch.tensor([text_of[c] for c in t]), batches,
+                            ["cat", "dog"], [lambda c: f"a {c}."], PartialState())
+    assert metrics["i2t_R@1"] == 1.0 and metrics["t2i_R@1"] == 1.0
