@@ -1,76 +1,131 @@
-"""Attention backend for timm `Eva` towers: `sdpa` (default), `math` (reference), `xformers` (CUDA).
+"""Attention backend for timm `Eva` towers (DESIGN.md contract 2; config key `model.attention`).
 
-`sdpa` and `math` are timm's own two code paths (`EvaAttention.fused_attn`); `xformers` swaps the
-module's class to a subclass whose forward is timm's with the attention kernel replaced by
-`xformers.ops.memory_efficient_attention`. No backend adds, removes or renames a parameter.
+- `sdpa` (default): `F.scaled_dot_product_attention` — timm's own fused path (`fused_attn=True`).
+- `math` (reference): explicit `softmax(q k^T * scale) v` — timm's unfused path (`fused_attn=False`).
+- `xformers` (CUDA only, `pip install 'evaclip[gpu]'`): the module's class is swapped to
+  `XformersEvaAttention`, whose forward is timm's `EvaAttention.forward` with the kernel replaced by
+  `xformers.ops.memory_efficient_attention` (imported lazily).
+
+No backend adds, removes or renames a parameter or buffer: the state dict is identical under all three.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
+import timm.layers
 import torch.nn.functional as F
 from timm.layers import apply_rot_embed_cat
 from timm.models.eva import EvaAttention
 from torch import nn
 
 BACKENDS = ("sdpa", "math", "xformers")
+# timm's `Eva(attn_type='rope')` uses AttentionRope (same fused_attn switch; not in older timm)
+_ROPE_ATTENTION = tuple(c for c in [getattr(timm.layers, "AttentionRope", None)] if c is not None)
+_ATTENTION_TYPES = (EvaAttention, *_ROPE_ATTENTION)
 
 
-def _memory_efficient_attention():
+def _memory_efficient_attention() -> Callable[..., torch.Tensor]:
+    """`xformers.ops.memory_efficient_attention`, or an ImportError that says how to get it."""
     try:
         from xformers.ops import memory_efficient_attention
     except ImportError as err:
-        raise ImportError("attention backend 'xformers' needs xformers: pip install 'evaclip[gpu]' "
-                          "(CUDA only), or set model.attention=sdpa") from err
+        raise ImportError("attention backend 'xformers' needs the xformers package: "
+                          "pip install 'evaclip[gpu]' (CUDA only), or set model.attention=sdpa") from err
     return memory_efficient_attention
 
 
+def xformers_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: float, scale: float) -> torch.Tensor:
+    """softmax(q k^T * scale) v by xformers; q, k, v: [B, N, heads, head_dim] CUDA → [B, N, heads, head_dim]."""
+    if not q.is_cuda:
+        raise RuntimeError("attention backend 'xformers' needs CUDA tensors; use attention: sdpa on CPU")
+    try:
+        return _memory_efficient_attention()(q, k, v, p=p, scale=scale)
+    except NotImplementedError as err:  # e.g. an xformers wheel built for another torch/CUDA
+        raise RuntimeError("xformers has no kernel for these inputs (its build must match this torch and "
+                           "CUDA: see `python -m xformers.info`); reinstall xformers for this torch or set "
+                           "model.attention=sdpa") from err
+
+
+def xformers_unavailable_reason() -> Optional[str]:
+    """None when the xformers backend runs here (CUDA, xformers installed, kernels load), else why not."""
+    if not torch.cuda.is_available():
+        return "xformers memory_efficient_attention needs CUDA"
+    try:
+        q = torch.zeros(1, 8, 1, 64, device="cuda", dtype=torch.float16)
+        xformers_attention(q, q, q, p=0.0, scale=0.125)
+    except (ImportError, RuntimeError) as err:
+        return str(err).split(";")[0]
+    return None
+
+
 class XformersEvaAttention(EvaAttention):
-    """timm's `EvaAttention.forward` with xformers' memory-efficient kernel (CUDA tensors only)."""
+    """timm's `EvaAttention` with xformers' memory-efficient kernel; same parameters, same math.
+
+    Falls back to timm's SDPA path when an attention mask or causal masking is requested.
+    """
 
     def forward(self, x: torch.Tensor, rope: Optional[torch.Tensor] = None,
                 attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False) -> torch.Tensor:
-        if not x.is_cuda:
-            raise RuntimeError("attention backend 'xformers' needs CUDA tensors; use attention: sdpa on CPU")
+        """x: [B, N, C], rope: [N - prefix, 2 * head_dim] → [B, N, C]."""
         if attn_mask is not None or is_causal:
             return super().forward(x, rope, attn_mask, is_causal)
-        B, N, C = x.shape
+        B, N, _ = x.shape
         gate = self.gate(x).sigmoid() if getattr(self, "gate", None) is not None else None
-        if self.qkv is not None:
-            bias = None if self.q_bias is None else torch.cat((self.q_bias, self.k_bias, self.v_bias))
-            qkv = F.linear(x, self.qkv.weight, bias if not self.qkv_bias_separate else None)
-            if bias is not None and self.qkv_bias_separate:
-                qkv = qkv + bias
-            q, k, v = qkv.reshape(B, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
-        else:
-            q, k, v = (p(x).reshape(B, N, self.num_heads, -1).transpose(1, 2)
-                       for p in (self.q_proj, self.k_proj, self.v_proj))
-        q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = self._qkv(x)  # each [B, heads, N, head_dim]
         if rope is not None:
             npt, half = self.num_prefix_tokens, getattr(self, "rotate_half", False)
             q = torch.cat([q[:, :, :npt], apply_rot_embed_cat(q[:, :, npt:], rope, half=half)], 2).type_as(v)
             k = torch.cat([k[:, :, :npt], apply_rot_embed_cat(k[:, :, npt:], rope, half=half)], 2).type_as(v)
-        # xformers takes [B, N, heads, head_dim]
-        out = _memory_efficient_attention()(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                            p=self.attn_drop.p if self.training else 0.0, scale=self.scale)
-        x = self.norm(out.reshape(B, N, C))
+        out = xformers_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),  # [B, N, H, D]
+                                 p=self.attn_drop.p if self.training else 0.0, scale=self.scale)
+        out = self.norm(out.reshape(B, N, -1))
         if gate is not None:
-            x = x * gate
-        return self.proj_drop(self.proj(x))
+            out = out * gate
+        return self.proj_drop(self.proj(out))
+
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """timm's projections (fused qkv with q/v bias and zero k bias, or separate), then q/k norm."""
+        B, N, _ = x.shape
+        if self.qkv is not None:
+            if self.q_bias is None:
+                qkv = self.qkv(x)
+            else:
+                bias = torch.cat((self.q_bias, self.k_bias, self.v_bias))
+                qkv = self.qkv(x) + bias if self.qkv_bias_separate else F.linear(x, self.qkv.weight, bias)
+            q, k, v = qkv.reshape(B, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        else:
+            q, k, v = (proj(x).reshape(B, N, self.num_heads, -1).transpose(1, 2)
+                       for proj in (self.q_proj, self.k_proj, self.v_proj))
+        return self.q_norm(q), self.k_norm(k), v
+
+
+def _switch(module: nn.Module, backend: str) -> None:
+    if backend == "xformers" and type(module) is EvaAttention:
+        module.__class__ = XformersEvaAttention
+    elif backend != "xformers" and type(module) is XformersEvaAttention:
+        module.__class__ = EvaAttention
+    module.fused_attn = backend != "math"  # xformers falls back to SDPA for masked attention
 
 
 def set_attention_backend(model: nn.Module, backend: str) -> int:
-    """Switch every timm `EvaAttention` in `model` to `backend`; returns how many were switched."""
+    """Switch every timm Eva attention module in `model` to `backend`; returns how many were switched."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend '{backend}' — use one of {', '.join(BACKENDS)} "
                          "(config key: model.attention)")
     if backend == "xformers":
         _memory_efficient_attention()  # fail early with the install hint
-    switched = 0
-    for module in model.modules():
-        if isinstance(module, EvaAttention):
-            module.__class__ = XformersEvaAttention if backend == "xformers" else EvaAttention
-            module.fused_attn = backend != "math"
-            switched += 1
-    return switched
+    modules = [m for m in model.modules() if isinstance(m, _ATTENTION_TYPES)]
+    if backend == "xformers" and any(not isinstance(m, EvaAttention) for m in modules):
+        raise ValueError("attention backend 'xformers' supports timm EvaAttention (eva02_* models), not "
+                         "AttentionRope — set model.attention=sdpa for this model")
+    for module in modules:
+        _switch(module, backend)
+    return len(modules)
+
+
+def attention_backend(model: nn.Module) -> Optional[str]:
+    """The backend of `model`'s Eva attention modules, None when it has none; 'mixed' if they differ."""
+    names = {"xformers" if isinstance(m, XformersEvaAttention) else "sdpa" if m.fused_attn else "math"
+             for m in model.modules() if isinstance(m, _ATTENTION_TYPES)}
+    return None if not names else names.pop() if len(names) == 1 else "mixed"

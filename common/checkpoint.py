@@ -32,12 +32,15 @@ def complete_checkpoints(run_dir: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: int(_STEP_RE.match(p.name).group(1)))
 
 
-def resolve_resume(spec: str, output_dir: str | Path) -> Path:
-    """`--resume` → a checkpoint folder: 'auto' (newest in output_dir), a run folder, or a checkpoint."""
+def resolve_resume(spec: str, output_dir: str | Path) -> Path | None:
+    """`--resume` → a checkpoint folder: 'auto' (newest in output_dir, or None to start fresh: what a
+    requeued job wants), a run folder, or a checkpoint folder."""
     path = Path(output_dir if spec == "auto" else spec)
     if (path / COMPLETE_MARKER).is_file():
         return path
     found = complete_checkpoints(path)
+    if not found and spec == "auto":
+        return None
     if not found:
         raise FileNotFoundError(f"no complete checkpoint under '{path}' — train first, or pass a run "
                                 f"folder holding {CKPT_DIR}/step_*/{COMPLETE_MARKER}")

@@ -212,4 +212,6 @@ def parse_cli(argv: typing.Sequence[str] | None, description: str) -> argparse.N
     parser.add_argument("--resume", default=None,
                         help="run folder or checkpoint to resume; 'auto' = newest in train.output_dir")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.steps=100")
+    # the `deepspeed` launcher appends --local_rank=N (the rank also comes through the environment)
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)

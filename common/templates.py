@@ -1,28 +1,45 @@
-"""ONE prompt-template module: template sets (open_clip's bundled OpenAI ImageNet sets), captions
-synthesised from class labels, and the zero-shot classifier (open_clip's own builder, fed by any
-text encoder)."""
+"""ONE prompt-template module: template sets (open_clip's bundled ImageNet prompts, not retyped),
+captions synthesised from class labels (stage-2 data), and the zero-shot classifier (stage-1 probe,
+stage-2 eval) fed by any text encoder. Config key: `data.templates`."""
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+import random
+from typing import Any, Callable, Sequence, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from open_clip.zero_shot_classifier import build_zero_shot_classifier
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
 
-Template = Callable[[str], str]
+Template = Union[Callable[[str], str], str]  # a callable, or a format string with one positional `{}`
 TEMPLATE_SETS: dict[str, Sequence[Template]] = {
-    "openai": OPENAI_IMAGENET_TEMPLATES,   # the 80 CLIP ImageNet prompts
-    "simple": SIMPLE_IMAGENET_TEMPLATES,   # CLIP's short 7-prompt ensemble
-    "photo": (lambda c: f"a photo of a {c}.",),
+    "openai": OPENAI_IMAGENET_TEMPLATES,  # the 80 CLIP ImageNet prompts
+    "simple": SIMPLE_IMAGENET_TEMPLATES,  # CLIP's 7-prompt subset
+    "short": ("a photo of a {}.",),       # one plain prompt
 }
 
 
 def get_templates(name: str) -> Sequence[Template]:
     if name not in TEMPLATE_SETS:
-        raise ValueError(f"unknown template set '{name}' — use one of {sorted(TEMPLATE_SETS)} "
+        raise ValueError(f"unknown template set '{name}' — use one of {', '.join(TEMPLATE_SETS)} "
                          "(config key: data.templates)")
     return TEMPLATE_SETS[name]
+
+
+def render(template: Template, classname: str) -> str:
+    return template.format(classname) if isinstance(template, str) else template(classname)
+
+
+def eval_caption(classname: str, templates: Sequence[Template]) -> str:
+    """Deterministic caption: the first template."""
+    return render(templates[0], classname)
+
+
+def random_caption(classname: str, rng: random.Random | np.random.Generator,
+                   templates: Sequence[Template]) -> str:
+    """Training caption: a template drawn uniformly from `rng` (per sample)."""
+    index = rng.randrange(len(templates)) if isinstance(rng, random.Random) else int(rng.integers(len(templates)))
+    return render(templates[index], classname)
 
 
 def caption_of(meta: dict[str, Any], classnames: Sequence[str] | None, templates: Sequence[Template],
@@ -37,29 +54,24 @@ def caption_of(meta: dict[str, Any], classnames: Sequence[str] | None, templates
         raise ValueError(f"sample {meta.get('key')} has neither a caption (txt) nor a class label (cls)")
     if index is None:
         index = int(torch.randint(len(templates), ()))
-    return templates[index % len(templates)](classnames[label])
-
-
-class _StringBatch(list):
-    """Lets open_clip's builder pass plain strings through its `tokenizer(texts).to(device)` call."""
-
-    def to(self, device: Any) -> "_StringBatch":
-        return self
-
-
-class _TextEncoderAdapter:
-    def __init__(self, encode_text: Callable[[list[str]], torch.Tensor]):
-        self.encode = encode_text
-
-    def encode_text(self, texts: list[str], normalize: bool = True) -> torch.Tensor:
-        features = self.encode(list(texts)).float()
-        return F.normalize(features, dim=-1) if normalize else features
+    return render(templates[index % len(templates)], classnames[label])
 
 
 @torch.no_grad()
 def build_zeroshot_classifier(encode_text: Callable[[list[str]], torch.Tensor], classnames: Sequence[str],
-                              templates: Sequence[Template]) -> torch.Tensor:
-    """Classifier weights `[D, C]`: per class, the re-normalised mean of its L2-normalised template
-    embeddings (open_clip's `build_zero_shot_classifier`), for any `encode_text(list[str]) -> [N, D]`."""
-    return build_zero_shot_classifier(_TextEncoderAdapter(encode_text), _StringBatch, list(classnames),
-                                      list(templates), num_classes_per_batch=10)
+                              templates: Sequence[Template], batch_size: int = 256) -> torch.Tensor:
+    """Classifier weights `[D, C]` float32: per class, the re-normalised mean of its L2-normalised
+    template embeddings (open_clip's `build_zero_shot_classifier`), for any `encode_text(texts) -> [N, D]`.
+
+    Whole classes go to `encode_text` together, at most max(batch_size, len(templates)) texts a call.
+    """
+    if not classnames or not templates:
+        raise ValueError("build_zeroshot_classifier needs at least one class name and one template")
+    per_call = max(1, batch_size // len(templates))
+    weights = []
+    for start in range(0, len(classnames), per_call):
+        names = classnames[start:start + per_call]
+        texts = [render(t, name) for name in names for t in templates]
+        embeddings = F.normalize(encode_text(texts).float(), dim=-1)  # [len(names) * T, D]
+        weights.append(F.normalize(embeddings.reshape(len(names), len(templates), -1).mean(1), dim=-1))
+    return torch.cat(weights).T.contiguous()

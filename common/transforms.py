@@ -1,13 +1,14 @@
-"""ONE augmentation module for both stages, on open_clip's transform machinery so that an exported
-open_clip folder (`preprocess_cfg`) rebuilds exactly our eval transform.
+"""ONE augmentation module for both stages, on open_clip's transform machinery, so that an exported
+open_clip folder (its `preprocess_cfg`) rebuilds exactly our eval transform.
 
-train: RandomResizedCrop(scale, bicubic) → optional horizontal flip → RGB → tensor → normalise
-eval:  open_clip's eval transform for the same preprocess config (resize shortest side, center crop)
-Grayscale / palette / RGBA inputs become 3-channel RGB.
+train: RGB → RandomResizedCrop(scale, cfg.interpolation) → optional horizontal flip → tensor → normalise
+       (with hflip off and bicubic: the same ops, in the same RNG order, as open_clip's train transform)
+eval:  open_clip's own `image_transform_v2(PreprocessCfg(**preprocess_cfg(...)), is_train=False)`
+Grayscale / palette / RGBA inputs become 3-channel RGB; every output is `[3, S, S] float32`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -16,34 +17,51 @@ from open_clip.transform import PreprocessCfg, image_transform_v2
 from PIL import Image
 from torchvision import transforms as T
 
+INTERPOLATIONS = ("bicubic", "bilinear")  # what open_clip's PreprocessCfg accepts
+RESIZE_MODES = ("shortest", "longest", "squash")
+
 
 @dataclass
 class AugmentConfig:
+    """Config section `data.augment`."""
     scale: tuple[float, float] = (0.5, 1.0)  # RandomResizedCrop area range
     hflip: bool = False
     mean: tuple[float, float, float] = OPENAI_DATASET_MEAN
     std: tuple[float, float, float] = OPENAI_DATASET_STD
     interpolation: str = "bicubic"
-    resize_mode: str = "shortest"
+    resize_mode: str = "shortest"  # eval resize: shortest side + center crop (open_clip's default)
+
+
+def check_augment_config(cfg: AugmentConfig) -> None:
+    """One-line errors naming the `data.augment.*` key and its valid values."""
+    if not 0.0 < cfg.scale[0] <= cfg.scale[1] <= 1.0:
+        raise ValueError(f"data.augment.scale={list(cfg.scale)} must satisfy 0 < min <= max <= 1")
+    if cfg.interpolation not in INTERPOLATIONS:
+        raise ValueError(f"data.augment.interpolation='{cfg.interpolation}' — use one of {INTERPOLATIONS}")
+    if cfg.resize_mode not in RESIZE_MODES:
+        raise ValueError(f"data.augment.resize_mode='{cfg.resize_mode}' — use one of {RESIZE_MODES}")
+    if len(cfg.mean) != 3 or len(cfg.std) != 3 or min(cfg.std) <= 0:
+        raise ValueError(f"data.augment.mean/std need 3 values each, std > 0 (got {cfg.mean}, {cfg.std})")
 
 
 def preprocess_cfg(image_size: int, cfg: AugmentConfig) -> dict[str, Any]:
-    """The `preprocess_cfg` open_clip stores in `open_clip_config.json` for this eval transform."""
-    return {"size": image_size, "mode": "RGB", "mean": list(cfg.mean), "std": list(cfg.std),
-            "interpolation": cfg.interpolation, "resize_mode": cfg.resize_mode, "fill_color": 0}
+    """The `preprocess_cfg` dict open_clip stores in `open_clip_config.json` (`PreprocessCfg` fields)."""
+    check_augment_config(cfg)
+    return {"size": image_size, "mode": "RGB", "mean": [float(v) for v in cfg.mean],
+            "std": [float(v) for v in cfg.std], "interpolation": cfg.interpolation,
+            "resize_mode": cfg.resize_mode, "fill_color": 0}
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode (L, P, RGBA, I;16, …) → RGB; RGB images pass through untouched."""
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def train_transform(image_size: int, cfg: AugmentConfig) -> Callable[[Image.Image], torch.Tensor]:
-    """PIL image → augmented `[3, S, S] float32`, normalised with cfg.mean/std."""
-    if not 0.0 < cfg.scale[0] <= cfg.scale[1] <= 1.0:
-        raise ValueError(f"data.augment.scale={list(cfg.scale)} must satisfy 0 < min ≤ max ≤ 1")
-    interpolation = T.InterpolationMode(cfg.interpolation)
-    steps: list[Any] = [T.Lambda(_to_rgb),
-                        T.RandomResizedCrop(image_size, scale=tuple(cfg.scale), interpolation=interpolation)]
+    """PIL image → augmented `[3, S, S] float32`, normalised with cfg.mean/std (torch RNG)."""
+    check_augment_config(cfg)
+    steps: list[Callable] = [to_rgb, T.RandomResizedCrop(
+        image_size, scale=tuple(cfg.scale), interpolation=T.InterpolationMode(cfg.interpolation))]
     if cfg.hflip:
         steps.append(T.RandomHorizontalFlip())
     steps += [T.ToTensor(), T.Normalize(cfg.mean, cfg.std)]
