@@ -45,8 +45,9 @@ class Task(Protocol):
 
     def after_optimizer_step(self, model: nn.Module) -> None: ...
 
-    def evaluate(self, model: nn.Module, accelerator: Any) -> dict[str, float]:
-        """Called on every rank; returns the (already reduced) metrics, or {}."""
+    def evaluate(self, model: nn.Module, accelerator: Any, final: bool) -> dict[str, float]:
+        """Called on every rank; returns the (already reduced) metrics, or {}. `final`: the end-of-run
+        evaluation (on the whole eval split), else a periodic one (may subsample)."""
 
     def save_weights(self, state_dict: dict[str, torch.Tensor], out_dir: Path) -> None:
         """Main process only: write the consolidated weights a user exports from (safetensors)."""
@@ -196,10 +197,10 @@ class Trainer:
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{record['loss']:.4f}")
 
-    def _evaluate(self) -> None:
+    def _evaluate(self, final: bool = False) -> None:
         self.model.eval()
         with torch.no_grad():
-            metrics = self.task.evaluate(self.model, self.accelerator)
+            metrics = self.task.evaluate(self.model, self.accelerator, final)
         if metrics:
             self.logger.log({"step": self.step, "eval": metrics})
             log.info("step %d eval %s", self.step, metrics)
@@ -227,7 +228,7 @@ class Trainer:
                 if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.steps:
                     self.save()
                     batches = self._batches()  # restart the stream where a resume would restart it
-            self._evaluate()
+            self._evaluate(final=True)
             self.save()
         finally:
             self.bar.close()

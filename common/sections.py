@@ -51,5 +51,5 @@ class DataConfig:
     image_size: int = field(default=56, metadata={"min": 8})
     templates: str = "simple"  # prompt-template set: captions from labels and zero-shot classifiers
     eval_batch_size: int = field(default=256, metadata={"min": 1})
-    eval_max_samples: int = field(default=0, metadata={"min": 0})  # 0: the whole eval split
+    eval_max_samples: int = field(default=0, metadata={"min": 0})  # periodic evals only; 0: all. The final eval uses all
     augment: AugmentConfig = field(default_factory=AugmentConfig)

@@ -88,7 +88,7 @@ class MimTask:
         pass
 
     # ---- probe & weights ---------------------------------------------------------------------
-    def evaluate(self, model: nn.Module, accelerator: Any) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, accelerator: Any, final: bool = False) -> dict[str, float]:
         """Zero-shot probe: the student's pooled token predictions on unmasked images, classified against
         the teacher's text embeddings of the prompt templates; top-1 over the eval split."""
         if not (self.cfg.probe and self.eval_urls and self.classnames):
@@ -103,7 +103,7 @@ class MimTask:
         counts = torch.zeros(3, dtype=torch.float64, device=device)
         batches = data.make_eval_loader(self.eval_urls, self._eval_sample, d.eval_batch_size,
                                         rank=accelerator.process_index, world_size=accelerator.num_processes,
-                                        max_samples=d.eval_max_samples)
+                                        max_samples=0 if final else d.eval_max_samples)
         dtype = next(student.parameters()).dtype
         for batch in batches:
             images, labels = batch["image"].to(device, dtype), batch["label"].to(device)

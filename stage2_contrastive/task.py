@@ -89,7 +89,7 @@ class ContrastiveTask:
         clamp_logit_scale(model)
 
     # ---- eval & weights ----------------------------------------------------------------------
-    def evaluate(self, model: nn.Module, accelerator: Any) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, accelerator: Any, final: bool = False) -> dict[str, float]:
         if not self.eval_urls or not self.classnames:
             return {}
         clip = accelerator.unwrap_model(model)
@@ -104,7 +104,7 @@ class ContrastiveTask:
         d = self.cfg.data
         batches = data.make_eval_loader(self.eval_urls, self._eval_sample, d.eval_batch_size,
                                         rank=accelerator.process_index, world_size=accelerator.num_processes,
-                                        max_samples=d.eval_max_samples)
+                                        max_samples=0 if final else d.eval_max_samples)
         with accelerator.autocast():
             return evaluate_clip(encode_image, encode_text, batches, self.classnames, self.templates,
                                  accelerator)

@@ -62,7 +62,7 @@ class LinearTask:
     def after_optimizer_step(self, model: nn.Module) -> None:
         pass
 
-    def evaluate(self, model: nn.Module, accelerator: Any) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, accelerator: Any, final: bool = False) -> dict[str, float]:
         seen = {"world": accelerator.num_processes, "rank": accelerator.process_index,
                 "dist": torch.distributed.is_initialized() and torch.distributed.get_world_size()}
         out = Path(self.cfg.train.output_dir, f"world_rank{accelerator.process_index}.json")
