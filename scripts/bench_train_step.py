@@ -24,14 +24,22 @@ from stage2_contrastive.config import Stage2Config
 
 def timed(fn: Callable[[], Any], steps: int, warmup: int = 2) -> float:
     """Median seconds per call of `fn` after `warmup` calls."""
+    return interleaved({"fn": fn}, steps, warmup)["fn"]
+
+
+def interleaved(fns: dict[str, Callable[[], Any]], steps: int, warmup: int = 3) -> dict[str, float]:
+    """Median seconds per call of each function, measured in alternating rounds so that allocator
+    warm-up, caches and background load hit every candidate alike."""
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(steps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
 
 
 def gemm_peak(size: int = 2048, reps: int = 5, dtype: torch.dtype = torch.float32) -> float:
@@ -65,16 +73,17 @@ class PrebuiltStage2Task:
         return cycle(self.prebuilt)
 
 
-def evaclip_step_time(cfg: Stage2Config, prebuilt: list[dict], steps: int) -> float:
+def evaclip_step(cfg: Stage2Config, prebuilt: list[dict]) -> Callable[[], Any]:
+    """One optimizer step of the real engine (accumulate, NaN guard, clipping, schedule, clamp)."""
     from common.engine import Trainer
     trainer = Trainer(PrebuiltStage2Task(cfg, prebuilt), cfg, cfg.train, cfg.optim)
     stream = trainer._batches()
-    return timed(lambda: trainer._train_step(stream), steps)
+    return lambda: trainer._train_step(stream)
 
 
-def open_clip_step_time(cfg: Stage2Config, prebuilt: list[dict], steps: int) -> tuple[float, float]:
-    """open_clip's training step (its model forward, ClipLoss/SigLipLoss, torch AdamW, logit clamp);
-    also returns the FLOPs of one forward+backward."""
+def open_clip_step(cfg: Stage2Config, prebuilt: list[dict]) -> tuple[Callable[[], None], float]:
+    """open_clip's training step (its model forward, ClipLoss/SigLipLoss, torch AdamW, logit clamp),
+    and the FLOPs of one forward+backward."""
     import math
 
     from open_clip.loss import ClipLoss, SigLipLoss
@@ -99,7 +108,7 @@ def open_clip_step_time(cfg: Stage2Config, prebuilt: list[dict], steps: int) -> 
         batch = prebuilt[0]
         loss_fn(*model(batch["image"], batch["text"])).backward()
     optimizer.zero_grad(set_to_none=True)
-    return timed(step, steps), float(counter.get_total_flops())
+    return step, float(counter.get_total_flops())
 
 
 def stage1_times(cfg: Stage2Config, steps: int) -> dict[str, float]:
@@ -125,9 +134,9 @@ def stage1_times(cfg: Stage2Config, steps: int) -> dict[str, float]:
         loss.backward()
         optimizer.step()
 
-    return {"stage1_step_s": timed(lambda: student_step(True), steps),
-            "student_step_s": timed(lambda: student_step(False), steps),
-            "teacher_fwd_s": timed(lambda: teacher.patch_targets(images), steps)}
+    return interleaved({"stage1_step_s": lambda: student_step(True),
+                        "student_step_s": lambda: student_step(False),
+                        "teacher_fwd_s": lambda: teacher.patch_targets(images)}, steps)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -146,8 +155,9 @@ def main(argv: list[str] | None = None) -> None:
             f"train.output_dir={tmp}", "train.progress=false", "train.tensorboard=false"])
         prebuilt = batches(cfg)
         peak = gemm_peak()
-        ours = evaclip_step_time(cfg, prebuilt, args.steps)
-        theirs, flops = open_clip_step_time(cfg, prebuilt, args.steps)
+        theirs_fn, flops = open_clip_step(cfg, prebuilt)
+        timing = interleaved({"evaclip": evaclip_step(cfg, prebuilt), "open_clip": theirs_fn}, args.steps)
+        ours, theirs = timing["evaclip"], timing["open_clip"]
         s1 = stage1_times(cfg, max(3, args.steps // 2))
     result = {
         "bench": "train_step", "device": "cpu", "threads": torch.get_num_threads(), "precision": "fp32",

@@ -27,8 +27,8 @@ class Sizes:
     stage1_steps: int = 100
     stage2_steps: int = 80
     data: tuple[str, ...] = ()           # extra make_shards arguments
-    # every training run: periodic evals on 1000 test images (the final eval uses all 10 000)
-    overrides: tuple[str, ...] = ("train.eval_every=20", "data.eval_max_samples=1000", "train.save_every=0")
+    # every training run: periodic evals on 500 test images (the final eval uses all 10 000)
+    overrides: tuple[str, ...] = ("train.eval_every=20", "data.eval_max_samples=500", "train.save_every=0")
 
 
 QUICK = Sizes(teacher_steps=3, stage1_steps=3, stage2_steps=3, data=("--max-train", "512", "--max-test", "128",

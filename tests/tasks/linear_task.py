@@ -1,12 +1,13 @@
 """A tiny regression task for engine tests: y = x·w* + noise, a deterministic stream per (seed, rank).
 
 Run as a script it trains under whatever launcher started it and writes the world size it saw:
-`python -m tests.tasks.linear_task OUT_DIR [key=value ...]`.
+`python -m tests.tasks.linear_task OUT_DIR [key=value ...] [--resume auto]`.
 """
 from __future__ import annotations
 
 import json
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -27,6 +28,7 @@ class LinearConfig:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=0.05, warmup_steps=2, weight_decay=0.0))
     crash_at_step: int = 0  # >0: raise inside the step (simulates a crash)
     nan_at_steps: tuple[int, ...] = ()  # steps whose loss is replaced by NaN
+    step_sleep: float = 0.0  # seconds per step (gives a test time to kill the run mid-training)
 
 
 class Crash(RuntimeError):
@@ -54,6 +56,8 @@ class LinearTask:
         self.step += 1
         if self.cfg.crash_at_step and self.step == self.cfg.crash_at_step:
             raise Crash(f"injected crash at step {self.step}")
+        if self.cfg.step_sleep:
+            time.sleep(self.cfg.step_sleep)
         loss = nn.functional.mse_loss(model(batch["x"]), batch["y"])
         if self.step in self.cfg.nan_at_steps:
             loss = loss * float("nan")
@@ -77,8 +81,10 @@ class LinearTask:
 
 def main(argv: list[str]) -> None:
     from common.engine import train
-    cfg = load_config(LinearConfig, None, [f"train.output_dir={argv[0]}", *argv[1:]])
-    train(LinearTask(cfg), cfg)
+    resume = argv[argv.index("--resume") + 1] if "--resume" in argv else None
+    overrides = [a for a in argv[1:] if a not in ("--resume", resume)]
+    cfg = load_config(LinearConfig, None, [f"train.output_dir={argv[0]}", *overrides])
+    train(LinearTask(cfg), cfg, resume=resume)
 
 
 if __name__ == "__main__":
