@@ -7,6 +7,7 @@ run export the same way.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from common.checkpoint import complete_checkpoints, load_weights
 STAGE2_WEIGHTS, STAGE2_CONFIG = "model.safetensors", "open_clip_config.json"
 STAGE1_WEIGHTS = "student_trunk.safetensors"
 TIMM_SUBDIR = "timm_vision"  # timm `local-dir:` config carrying the trunk's img_size for open_clip
+HF_TEXT_SUBDIR = "hf_text"  # an HF text tower's config.json (+ tokenizer files in a run; weights: safetensors)
 
 
 class NotARunError(ValueError):
@@ -34,6 +36,31 @@ def write_stage2_weights(out_dir: str | Path, state_dict: dict[str, torch.Tensor
     save_file(tensors, str(out / STAGE2_WEIGHTS), metadata={"format": "pt", "stage": "2"})
     config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg, "evaclip": meta}
     (out / STAGE2_CONFIG).write_text(json.dumps(config, indent=2))
+
+
+def write_hf_text_files(out_dir: str | Path, hf_folder: str | Path, tokenizer: Any) -> None:
+    """An HF text tower's config + tokenizer files under `out_dir/hf_text/`, so the run exports without
+    the original model folder (`tokenizer`: open_clip's `HFTokenizer`)."""
+    from transformers import AutoConfig
+    dest = Path(out_dir) / HF_TEXT_SUBDIR
+    AutoConfig.from_pretrained(str(hf_folder), local_files_only=True).save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+
+
+def export_hf_text(run_dir: Path, out: Path, text_cfg: dict[str, Any]) -> None:
+    """Carry an HF text tower: its config to OUT/hf_text/ (open_clip builds the encoder from
+    `hf_model_name` there, weights from the safetensors) and its tokenizer files to OUT itself (where
+    `get_tokenizer("local-dir:OUT")` reads them). Updates `text_cfg` in place."""
+    src = run_dir / HF_TEXT_SUBDIR
+    if not (src / "config.json").is_file():
+        raise NotARunError(f"'{run_dir}' has a Hugging Face text tower but no {HF_TEXT_SUBDIR}/config.json — "
+                           "export a run or checkpoint written by this version of evaclip")
+    (out / HF_TEXT_SUBDIR).mkdir(exist_ok=True)
+    shutil.copy2(src / "config.json", out / HF_TEXT_SUBDIR / "config.json")
+    for file in src.iterdir():
+        if file.is_file() and file.name != "config.json":
+            shutil.copy2(file, out / file.name)
+    text_cfg.update(hf_model_name=str(out / HF_TEXT_SUBDIR), hf_tokenizer_name=str(out), hf_model_pretrained=False)
 
 
 def find_weights(run_dir: str | Path, filename: str, what: str) -> Path:
@@ -83,6 +110,8 @@ def export_open_clip(run_dir: str | Path, out_dir: str | Path) -> Path:
         (timm_dir / "config.json").write_text(json.dumps(cfg, indent=2))
         vision["timm_model_name"] = f"local-dir:{timm_dir}"
     vision["patch_dropout"] = 0.0
+    if "hf_model_name" in model_cfg["text_cfg"]:
+        export_hf_text(weights.parent, out, model_cfg["text_cfg"])
     save_file({k: v.float().contiguous() for k, v in state.items()}, str(out / "open_clip_model.safetensors"))
     (out / "open_clip_config.json").write_text(json.dumps(
         {"model_cfg": model_cfg, "preprocess_cfg": config["preprocess_cfg"],

