@@ -55,28 +55,19 @@ def batches(cfg: Stage2Config, n: int = 4) -> list[dict[str, torch.Tensor]]:
              "text": torch.randint(1, 49407, (bsz, ctx), generator=gen)} for _ in range(n)]
 
 
-class PrebuiltStage2Task:
-    """The real stage-2 task with the loader replaced by pre-built batches."""
-
-    def __init__(self, cfg: Stage2Config, prebuilt: list[dict]):
-        from stage2_contrastive.task import ContrastiveTask
-        self.inner, self.prebuilt = ContrastiveTask.__new__(ContrastiveTask), prebuilt
-        inner = self.inner
-        from stage2_contrastive.loss import ContrastiveLoss
-        inner.cfg, inner.init, inner.global_batch = cfg, None, cfg.train.batch_size
-        inner.loss_fn = ContrastiveLoss(cfg.loss)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def train_batches(self, seed: int, rank: int, world_size: int):
-        return cycle(self.prebuilt)
+def prebuilt_stage2_task(cfg: Stage2Config, prebuilt: list[dict]) -> Any:
+    """The real stage-2 task (needs the shards for class names) with its loader replaced by
+    pre-built batches, so the engine step is timed without data loading."""
+    from stage2_contrastive.task import ContrastiveTask
+    task = ContrastiveTask(cfg)
+    task.train_batches = lambda seed, rank, world_size: cycle(prebuilt)
+    return task
 
 
 def evaclip_step(cfg: Stage2Config, prebuilt: list[dict]) -> Callable[[], Any]:
     """One optimizer step of the real engine (accumulate, NaN guard, clipping, schedule, clamp)."""
     from common.engine import Trainer
-    trainer = Trainer(PrebuiltStage2Task(cfg, prebuilt), cfg, cfg.train, cfg.optim)
+    trainer = Trainer(prebuilt_stage2_task(cfg, prebuilt), cfg, cfg.train, cfg.optim)
     stream = trainer._batches()
     return lambda: trainer._train_step(stream)
 
