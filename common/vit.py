@@ -12,18 +12,20 @@ import timm
 from torch import nn
 
 from common.attention import set_attention_backend
+from common.config import ConfigError
 
 
 def check_vision_config(model_name: str, img_size: int) -> None:
-    """Validate a (registered name, image size) pair before anything is built; one-line errors."""
+    """Validate a (registered name, image size) pair before anything is built; one-line
+    `ConfigError`s (a `ValueError`) that name the config key to fix."""
     if not model_name.startswith(("eva", "vit_")) or not timm.is_model(model_name):
-        raise ValueError(f"unknown vision model '{model_name}' — use a registered timm Eva name such as "
-                         "eva02_tiny_patch14_224 (config key: model.vision_model)")
+        raise ConfigError(f"unknown vision model '{model_name}' — use a registered timm Eva name such as "
+                          "eva02_tiny_patch14_224 (config key: model.vision_model)")
     match = re.search(r"patch(\d+)", model_name)
     patch = int(match.group(1)) if match else 16
     if img_size % patch:
-        raise ValueError(f"image size {img_size} is not divisible by the patch size {patch} of "
-                         f"{model_name} — set data.image_size to a multiple of {patch}")
+        raise ConfigError(f"image size {img_size} is not divisible by the patch size {patch} of "
+                          f"{model_name} — set data.image_size to a multiple of {patch}")
 
 
 def create_eva_trunk(model_name: str, img_size: int, *, global_pool: str = "avg",

@@ -44,10 +44,7 @@ class Stage1Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
 
     def validate(self) -> None:
-        try:
-            check_vision_config(self.student.vision_model, self.data.image_size)
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
+        check_vision_config(self.student.vision_model, self.data.image_size)
         if not self.teacher.model:
             raise ConfigError("teacher.model is not set — pass teacher.model=local-dir:EXPORT_DIR (an open_clip "
                               "folder, e.g. from scripts/export_open_clip.py) or a built-in name + teacher.weights")

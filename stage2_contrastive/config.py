@@ -60,11 +60,8 @@ class Stage2Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
 
     def validate(self) -> None:
-        try:
-            check_vision_config(self.model.vision_model, self.data.image_size)
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
         """Cross-field checks that no single field can make."""
+        check_vision_config(self.model.vision_model, self.data.image_size)
         if self.model.text.hf_model:
             check_hf_text_tower(self.model.text)
         elif self.model.text.vocab_size != CLIP_BPE_VOCAB:
