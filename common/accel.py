@@ -19,15 +19,24 @@ from common.sections import TrainConfig
 ZERO_STAGES = (0, 1, 2, 3)
 
 
-def load_deepspeed_config(path: str, cfg: TrainConfig) -> dict[str, Any]:
-    """Read a DeepSpeed JSON and fill what the engine owns (micro batch, accumulation, clipping)."""
+def read_deepspeed_json(path: str) -> dict[str, Any]:
+    """A DeepSpeed JSON (`train.deepspeed`), checked: it exists, parses, and its ZeRO stage exists."""
     if not Path(path).is_file():
         raise ConfigError(f"DeepSpeed config '{path}' not found — set train.deepspeed to one of "
                           "configs/deepspeed/zero{1,2,3}.json")
-    ds = json.loads(Path(path).read_text())
+    try:
+        ds = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"DeepSpeed config '{path}' is not valid JSON ({err}) — fix the file") from err
     stage = ds.get("zero_optimization", {}).get("stage", 0)
     if stage not in ZERO_STAGES:
         raise ConfigError(f"ZeRO stage {stage!r} in '{path}' does not exist — use 0, 1, 2 or 3")
+    return ds
+
+
+def load_deepspeed_config(path: str, cfg: TrainConfig) -> dict[str, Any]:
+    """Read a DeepSpeed JSON and fill what the engine owns (micro batch, accumulation, clipping)."""
+    ds = read_deepspeed_json(path)
     ds["train_micro_batch_size_per_gpu"] = cfg.batch_size
     ds["gradient_accumulation_steps"] = cfg.grad_accum
     ds["gradient_clipping"] = cfg.grad_clip

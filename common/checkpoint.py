@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from common.config import ConfigError
+
 CKPT_DIR = "checkpoints"
 COMPLETE_MARKER = "engine_state.json"  # written last: a folder without it is never resumed from
 _STEP_RE = re.compile(r"^step_(\d+)$")
@@ -42,13 +44,26 @@ def resolve_resume(spec: str, output_dir: str | Path) -> Path | None:
     if not found and spec == "auto":
         return None
     if not found:
-        raise FileNotFoundError(f"no complete checkpoint under '{path}' — train first, or pass a run "
-                                f"folder holding {CKPT_DIR}/step_*/{COMPLETE_MARKER}")
+        raise ConfigError(f"--resume: no complete checkpoint under '{path}' — train first, or pass a run "
+                          f"folder holding {CKPT_DIR}/step_*/{COMPLETE_MARKER}")
     return found[-1]
 
 
 def read_engine_state(ckpt: Path) -> dict:
     return json.loads((ckpt / COMPLETE_MARKER).read_text())
+
+
+def check_same_schedule(ckpt: Path, schedule: dict[str, int]) -> None:
+    """Refuse to resume `ckpt` under another schedule (`train.steps`, global batch): its lr would jump
+    and its data order would differ, so the run would no longer be the one that was checkpointed."""
+    saved = read_engine_state(ckpt).get("schedule", {})
+    for key, value in schedule.items():
+        if key in saved and saved[key] != value:
+            hint = ("set train.steps" if key == "steps" else "use processes × train.batch_size × "
+                    "train.grad_accum =")
+            raise ConfigError(f"--resume {ckpt}: it was trained with {key}={saved[key]}, this run has "
+                              f"{key}={value} — {hint} {saved[key]} to resume it, or train into a new "
+                              "train.output_dir")
 
 
 def finalize(tmp: Path, final: Path, engine_state: dict, keep_last: int) -> None:

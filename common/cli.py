@@ -29,6 +29,10 @@ def run_stage(argv: Sequence[str] | None, description: str, schema: type,
     except (ConfigError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    run_dir = train(task, cfg, resume=args.resume, accelerator=accelerator)
+    try:
+        run_dir = train(task, cfg, resume=args.resume, accelerator=accelerator)
+    except ConfigError as err:  # raised before the first step (e.g. a --resume that does not fit)
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(f"finished: {run_dir}")
     return 0

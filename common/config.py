@@ -181,10 +181,19 @@ def load_config(schema: type[T], path: str | Path | None, overrides: typing.Sequ
         build(schema, _deep_merge(values, update), f"command-line override '{item}'")
         values = _deep_merge(values, update)
     cfg = build(schema, values, where)
+    _validate_tree(cfg)
+    return cfg
+
+
+def _validate_tree(cfg: Any) -> None:
+    """Call `validate()` on every section that has one, innermost first, then on `cfg` itself."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            _validate_tree(value)
     validate = getattr(cfg, "validate", None)
     if callable(validate):
         validate()
-    return cfg
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -340,8 +340,9 @@ def make_train_loader(urls: list[str], map_sample: MapSample, batch_size: int, *
 
 
 # ---- eval stream ---------------------------------------------------------------------------------
-class EvalStream:
-    """Re-iterable finite batches; every sample once across ranks, in a fixed order (see make_eval_loader)."""
+class EvalStream(torch.utils.data.IterableDataset):
+    """Re-iterable finite batches; every sample once across ranks (and loader workers), in a fixed
+    order (see make_eval_loader)."""
 
     def __init__(self, urls: list[str], map_sample: MapSample, batch_size: int, rank: int, world_size: int,
                  max_samples: int):
@@ -372,16 +373,24 @@ class EvalStream:
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         counter = SkipCounter(self.urls)
-        mapped = decode_and_map(self._indexed(counter), self.map_sample, counter)
+        raw = self._indexed(counter)
+        worker = torch.utils.data.get_worker_info()
+        if worker is not None:  # worker w decodes the rank's samples w, w+n, …; reading tar bytes is cheap
+            raw = itertools.islice(raw, worker.id, None, worker.num_workers)
+        mapped = decode_and_map(raw, self.map_sample, counter)
         return _batches(mapped, self.batch_size, partial=True)
 
 
 def make_eval_loader(urls: list[str], map_sample: MapSample, batch_size: int, rank: int = 0,
-                     world_size: int = 1, *, max_samples: int = 0) -> Iterable[dict[str, Any]]:
+                     world_size: int = 1, *, max_samples: int = 0, num_workers: int = 0) -> Iterable[dict[str, Any]]:
     """Finite batches in a fixed order, each sample on exactly one rank, last partial batch kept.
 
     With ≥ world_size shards all listed in sizes.json, rank r reads shards r, r+W, …; otherwise every
     rank reads every shard and keeps samples whose index % world_size == r. meta gets `index` (the
     sample's position in the global order, the same for any world size); `max_samples` > 0 keeps the
-    first max_samples of that order. In-process (no workers)."""
-    return EvalStream(urls, map_sample, batch_size, rank, world_size, max_samples)
+    first max_samples of that order. `num_workers` > 0 decodes in loader processes, which split the
+    rank's samples round-robin (batches then interleave by worker; the set of samples is the same)."""
+    stream = EvalStream(urls, map_sample, batch_size, rank, world_size, max_samples)
+    if num_workers == 0:
+        return stream
+    return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=num_workers)

@@ -43,7 +43,9 @@ class Task(Protocol):
     def training_loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict]:
         """The scalar loss of a batch and extra scalars to log (plain floats or 0-d tensors)."""
 
-    def after_optimizer_step(self, model: nn.Module) -> None: ...
+    def after_optimizer_step(self, model: nn.Module, step: int) -> None:
+        """Called with the number of optimizer steps done (skipped ones included): after every step,
+        and once before the first step of a run, fresh (0) or resumed (the checkpoint's step)."""
 
     def evaluate(self, model: nn.Module, accelerator: Any, final: bool) -> dict[str, float]:
         """Called on every rank; returns the (already reduced) metrics, or {}. `final`: the end-of-run
@@ -87,6 +89,10 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(config, self.run_dir / "config.yaml")
         self.resume_from = ckpt.resolve_resume(resume, self.run_dir) if resume else None
+        self.schedule = {"steps": train_cfg.steps,
+                         "global_batch": train_cfg.batch_size * train_cfg.grad_accum * acc.num_processes}
+        if self.resume_from is not None:
+            ckpt.check_same_schedule(self.resume_from, self.schedule)
         torch.manual_seed(train_cfg.seed)  # identical initial weights on every rank
         model = task.build_model()
         optimizer = build_optimizer(task.param_groups(model), optim_cfg)
@@ -123,7 +129,7 @@ class Trainer:
         if self.is_main:
             self.task.save_weights(state_dict, tmp)
             engine_state = {"step": self.step, "bad_steps": self.bad_total,
-                            "skipped_samples": self.skipped_samples}
+                            "skipped_samples": self.skipped_samples, "schedule": self.schedule}
             ckpt.finalize(tmp, final, engine_state, self.cfg.keep_last)
             self.task.save_weights(state_dict, self.run_dir)  # newest weights at the run's top level
         acc.wait_for_everyone()
@@ -151,7 +157,15 @@ class Trainer:
                     return self._skip_step("loss")
                 acc.backward(loss)
                 losses.append(loss.detach())
-                if acc.sync_gradients and not self.is_deepspeed:
+                if acc.sync_gradients and self.is_deepspeed:
+                    # DeepSpeed clipped and stepped inside `backward`; on a non-finite norm its ZeRO
+                    # optimizer discards the gradients instead (fp32/fp16), which we count like ours
+                    if not self.model.was_step_applied():
+                        return self._skip_step("gradient norm (DeepSpeed skipped its update)")
+                    grad_norm = self.model.get_global_grad_norm()
+                    if grad_norm is not None:
+                        extras["grad_norm"] = float(grad_norm)
+                elif acc.sync_gradients:
                     max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
                     grad_norm = acc.clip_grad_norm_(self.model.parameters(), max_norm)
                     if grad_norm is not None and not torch.isfinite(grad_norm):
@@ -160,7 +174,7 @@ class Trainer:
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        self.task.after_optimizer_step(acc.unwrap_model(self.model))
+        self.task.after_optimizer_step(acc.unwrap_model(self.model), self.step + 1)
         self.bad_run = 0
         return torch.stack(losses).mean(), extras
 
@@ -212,6 +226,7 @@ class Trainer:
                         disable=not (self.is_main and cfg.progress))
         global_batch = cfg.batch_size * cfg.grad_accum * acc.num_processes
         batches, losses, t0, window = self._batches(), [], time.perf_counter(), 0
+        self.task.after_optimizer_step(acc.unwrap_model(self.model), self.step)
         try:
             while self.step < cfg.steps:
                 loss, extras = self._train_step(batches)

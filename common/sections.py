@@ -27,6 +27,11 @@ class TrainConfig:
     progress: bool = True  # tqdm progress bar on the main process
     tensorboard: bool = True
 
+    def validate(self) -> None:
+        if self.deepspeed:
+            from common.accel import read_deepspeed_json
+            read_deepspeed_json(self.deepspeed)  # exists, parses, names a ZeRO stage that exists
+
 
 @dataclass
 class OptimConfig:

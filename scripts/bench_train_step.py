@@ -2,8 +2,10 @@
 step on the identical model, achieved FLOP/s vs the machine's measured GEMM peak, and the stage-1 step
 (student + frozen teacher) vs its parts. Prints one JSON line.
 
-`python scripts/bench_train_step.py [--batch 128] [--image-size 56] [--steps 8] [--threads 2]`
-Loader excluded: batches are pre-built tensors. fp32 on CPU unless --precision bf16.
+`python scripts/bench_train_step.py [--batch 128] [--image-size 56] [--steps 6] [--threads 2]`
+Loader excluded: batches are pre-built tensors on the device. Defaults: fp32 on CPU; on a GPU
+(`--device cuda --precision bf16 --config configs/stage2/gpu_base.yaml`, as scripts/gpu_check.sh runs it)
+both steps run under bf16 autocast and the peak is a bf16 GEMM's.
 """
 from __future__ import annotations
 
@@ -27,6 +29,12 @@ def timed(fn: Callable[[], Any], steps: int, warmup: int = 2) -> float:
     return interleaved({"fn": fn}, steps, warmup)["fn"]
 
 
+def sync() -> None:
+    """Wait for queued GPU work, so wall-clock times cover it (no-op on CPU)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def interleaved(fns: dict[str, Callable[[], Any]], steps: int, warmup: int = 3) -> dict[str, float]:
     """Median seconds per call of each function, measured in alternating rounds so that allocator
     warm-up, caches and background load hit every candidate alike."""
@@ -36,23 +44,30 @@ def interleaved(fns: dict[str, Callable[[], Any]], steps: int, warmup: int = 3) 
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(steps):
         for name, fn in fns.items():
+            sync()
             start = time.perf_counter()
             fn()
+            sync()
             times[name].append(time.perf_counter() - start)
     return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
 
 
-def gemm_peak(size: int = 2048, reps: int = 5, dtype: torch.dtype = torch.float32) -> float:
-    """Measured matmul FLOP/s of this machine (a large square GEMM)."""
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    return 2 * size**3 / timed(lambda: a @ b, reps)
+def gemm_peak(device: torch.device, dtype: torch.dtype) -> float:
+    """Measured matmul FLOP/s of this device (a large square GEMM: 2048 on CPU, 8192 on GPU)."""
+    size = 8192 if device.type == "cuda" else 2048
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
+    return 2 * size**3 / timed(lambda: a @ b, 10 if device.type == "cuda" else 5)
 
 
-def batches(cfg: Stage2Config, n: int = 4) -> list[dict[str, torch.Tensor]]:
+def batches(cfg: Stage2Config, device: torch.device, n: int = 4) -> list[dict[str, torch.Tensor]]:
     size, bsz, ctx = cfg.data.image_size, cfg.train.batch_size, cfg.model.text.context_length
     gen = torch.Generator().manual_seed(0)
-    return [{"image": torch.randn(bsz, 3, size, size, generator=gen),
-             "text": torch.randint(1, 49407, (bsz, ctx), generator=gen)} for _ in range(n)]
+    return [{"image": torch.randn(bsz, 3, size, size, generator=gen).to(device),
+             "text": torch.randint(1, 49407, (bsz, ctx), generator=gen).to(device)} for _ in range(n)]
+
+
+def autocast(device: torch.device, precision: str) -> Any:
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def prebuilt_stage2_task(cfg: Stage2Config, prebuilt: list[dict]) -> Any:
@@ -72,7 +87,8 @@ def evaclip_step(cfg: Stage2Config, prebuilt: list[dict]) -> Callable[[], Any]:
     return lambda: trainer._train_step(stream)
 
 
-def open_clip_step(cfg: Stage2Config, prebuilt: list[dict]) -> tuple[Callable[[], None], float]:
+def open_clip_step(cfg: Stage2Config, prebuilt: list[dict],
+                   device: torch.device) -> tuple[Callable[[], None], float]:
     """open_clip's training step (its model forward, ClipLoss/SigLipLoss, torch AdamW, logit clamp),
     and the FLOPs of one forward+backward."""
     import math
@@ -80,14 +96,15 @@ def open_clip_step(cfg: Stage2Config, prebuilt: list[dict]) -> tuple[Callable[[]
     from open_clip.loss import ClipLoss, SigLipLoss
     from stage2_contrastive.model import build_clip
     torch.manual_seed(0)
-    model = build_clip(cfg.model, cfg.loss, cfg.data.image_size, cfg.train.batch_size).train()
+    model = build_clip(cfg.model, cfg.loss, cfg.data.image_size, cfg.train.batch_size).to(device).train()
     loss_fn = ClipLoss() if cfg.loss == "softmax" else SigLipLoss()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     data = cycle(prebuilt)
 
     def step() -> None:
         batch = next(data)
-        loss = loss_fn(*model(batch["image"], batch["text"]))
+        with autocast(device, cfg.train.precision):
+            loss = loss_fn(*model(batch["image"], batch["text"]))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -95,64 +112,80 @@ def open_clip_step(cfg: Stage2Config, prebuilt: list[dict]) -> tuple[Callable[[]
             model.logit_scale.clamp_(0, math.log(100))
 
     counter = FlopCounterMode(display=False)
-    with counter:
+    with counter, autocast(device, cfg.train.precision):
         batch = prebuilt[0]
         loss_fn(*model(batch["image"], batch["text"])).backward()
     optimizer.zero_grad(set_to_none=True)
     return step, float(counter.get_total_flops())
 
 
-def stage1_times(cfg: Stage2Config, steps: int) -> dict[str, float]:
+def stage1_times(cfg: Stage2Config, steps: int, device: torch.device) -> dict[str, float]:
     """Stage-1 step with a frozen teacher vs student fwd+bwd alone and teacher fwd alone (seconds)."""
-    from common.vit import create_eva_trunk
+    from common.vit import create_eva_trunk, grid_size
     from stage1_mim.loss import masked_cosine_loss
     from stage1_mim.model import MaskedEvaStudent
     from stage1_mim.teacher import FrozenTeacher
     from stage2_contrastive.model import build_clip, build_tokenizer
     size, bsz = cfg.data.image_size, cfg.train.batch_size
+    trunk = create_eva_trunk(cfg.model.vision_model, size)
+    grid = grid_size(trunk)[0]
     teacher = FrozenTeacher(build_clip(cfg.model, "softmax", size, bsz), build_tokenizer(cfg.model),
-                            (size // 14, size // 14), ((0.5,) * 3, (0.5,) * 3))
-    student = MaskedEvaStudent(create_eva_trunk(cfg.model.vision_model, size), teacher.embed_dim)
+                            (grid, grid), ((0.5,) * 3, (0.5,) * 3)).to(device)
+    student = MaskedEvaStudent(trunk, teacher.embed_dim).to(device)
     optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-4)
-    images = torch.randn(bsz, 3, size, size)
-    mask = torch.rand(bsz, (size // 14) ** 2) < 0.4
-    targets = teacher.patch_targets(images)
+    images = torch.randn(bsz, 3, size, size, device=device)
+    mask = torch.rand(bsz, grid * grid, device=device) < 0.4
+    with autocast(device, cfg.train.precision):
+        targets = teacher.patch_targets(images)
 
     def student_step(with_teacher: bool) -> None:
-        t = teacher.patch_targets(images) if with_teacher else targets
-        loss = masked_cosine_loss(student(images, mask), t, mask)
+        with autocast(device, cfg.train.precision):
+            t = teacher.patch_targets(images) if with_teacher else targets
+            loss = masked_cosine_loss(student(images, mask), t, mask)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
+    def teacher_forward() -> None:
+        with autocast(device, cfg.train.precision):
+            teacher.patch_targets(images)
+
     return interleaved({"stage1_step_s": lambda: student_step(True),
                         "student_step_s": lambda: student_step(False),
-                        "teacher_fwd_s": lambda: teacher.patch_targets(images)}, steps)
+                        "teacher_fwd_s": teacher_forward}, steps)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", default="configs/stage2/fmnist_tiny.yaml")
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--image-size", type=int, default=56)
+    parser.add_argument("--image-size", type=int, default=None, help="default: the config's data.image_size")
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--loss", default="softmax")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch.cuda.is_available() is False on this machine — use --device cpu")
     with tempfile.TemporaryDirectory() as tmp:
+        size = [f"data.image_size={args.image_size}"] if args.image_size else []
         cfg = load_config(Stage2Config, args.config, [
-            f"train.batch_size={args.batch}", f"data.image_size={args.image_size}", f"loss={args.loss}",
+            f"train.batch_size={args.batch}", *size, f"loss={args.loss}", f"train.precision={args.precision}",
             f"train.output_dir={tmp}", "train.progress=false", "train.tensorboard=false"])
-        prebuilt = batches(cfg)
-        peak = gemm_peak()
-        theirs_fn, flops = open_clip_step(cfg, prebuilt)
+        prebuilt = batches(cfg, device)
+        peak = gemm_peak(device, torch.bfloat16 if args.precision == "bf16" else torch.float32)
+        theirs_fn, flops = open_clip_step(cfg, prebuilt, device)
         timing = interleaved({"evaclip": evaclip_step(cfg, prebuilt), "open_clip": theirs_fn}, args.steps)
         ours, theirs = timing["evaclip"], timing["open_clip"]
-        s1 = stage1_times(cfg, max(3, args.steps // 2))
+        s1 = stage1_times(cfg, max(3, args.steps // 2), device)
     result = {
-        "bench": "train_step", "device": "cpu", "threads": torch.get_num_threads(), "precision": "fp32",
-        "model": f"{cfg.model.vision_model}@{args.image_size}px + text {cfg.model.text.layers}x{cfg.model.text.width}",
+        "bench": "train_step", "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "threads": torch.get_num_threads(), "precision": args.precision,
+        "model": f"{cfg.model.vision_model}@{cfg.data.image_size}px + text "
+                 f"{cfg.model.text.layers}x{cfg.model.text.width}",
         "batch": args.batch, "loss": args.loss,
         "evaclip_images_per_s": round(args.batch / ours, 1), "open_clip_images_per_s": round(args.batch / theirs, 1),
         "vs_open_clip": round(theirs / ours, 3),

@@ -25,7 +25,7 @@ class Sizes:
     """How long each stage trains, and on how much data."""
     teacher_steps: int = 100
     stage1_steps: int = 100
-    stage2_steps: int = 80
+    stage2_steps: int = 60
     data: tuple[str, ...] = ()           # extra make_shards arguments
     # every training run: periodic evals on 500 test images (the final eval uses all 10 000)
     overrides: tuple[str, ...] = ("train.eval_every=20", "data.eval_max_samples=500", "train.save_every=0")

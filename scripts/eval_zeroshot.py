@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--templates", default="simple")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--max-samples", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=1, help="image-decoding loader processes (0: in-process)")
     args = parser.parse_args(argv)
     try:
         urls = data.resolve_shards(args.data)
@@ -45,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         return {"image": preprocess(image), "label": meta["cls"], "caption": caption}
 
     start = time.perf_counter()
-    batches = data.make_eval_loader(urls, sample, args.batch_size, max_samples=args.max_samples)
+    batches = data.make_eval_loader(urls, sample, args.batch_size, max_samples=args.max_samples,
+                                    num_workers=args.workers)
     metrics = evaluate_clip(lambda x: model.encode_image(x, normalize=True),
                             lambda t: model.encode_text(tokenizer(t).to(accelerator.device), normalize=True),
                             batches, classnames, templates, accelerator)

@@ -84,7 +84,7 @@ class MimTask:
         predictions = model(images, mask)
         return masked_cosine_loss(predictions, targets, mask), {}
 
-    def after_optimizer_step(self, model: nn.Module) -> None:
+    def after_optimizer_step(self, model: nn.Module, step: int) -> None:
         pass
 
     # ---- probe & weights ---------------------------------------------------------------------
@@ -93,7 +93,7 @@ class MimTask:
         the teacher's text embeddings of the prompt templates; top-1 over the eval split."""
         if not (self.cfg.probe and self.eval_urls and self.classnames):
             return {}
-        from stage2_contrastive.zeroshot import topk_accuracy
+        from common.accuracy import topk_accuracy
         from common.dist import sum_across_ranks
         student = accelerator.unwrap_model(model)
         device = accelerator.device
@@ -103,7 +103,8 @@ class MimTask:
         counts = torch.zeros(3, dtype=torch.float64, device=device)
         batches = data.make_eval_loader(self.eval_urls, self._eval_sample, d.eval_batch_size,
                                         rank=accelerator.process_index, world_size=accelerator.num_processes,
-                                        max_samples=0 if final else d.eval_max_samples)
+                                        max_samples=0 if final else d.eval_max_samples,
+                                        num_workers=d.num_workers)
         dtype = next(student.parameters()).dtype
         for batch in batches:
             images, labels = batch["image"].to(device, dtype), batch["label"].to(device)

@@ -12,7 +12,6 @@ from torch import nn
 
 from common import data
 from common.config import ConfigError
-from common.engine import data_seed
 from common.export import write_hf_text_files, write_stage2_weights
 from common.optim import tower_param_groups
 from common.templates import caption_of, get_templates
@@ -48,7 +47,7 @@ class ContrastiveTask:
                               "process without DeepSpeed: DDP/ZeRO fix the trained parameter set when they "
                               "wrap the model — use model.text.lock_steps=-1 (always) or 0 (never)")
         self.text_tower: nn.Module | None = None  # the model's text tower, for `lock_steps`
-        self.steps_done = 0  # optimizer steps taken; the text lock lifts when it reaches lock_steps
+        self.steps_done = 0  # the engine's step; the text lock lifts when it reaches lock_steps
 
     # ---- model -------------------------------------------------------------------------------
     def model_cfg(self) -> dict[str, Any]:
@@ -88,8 +87,6 @@ class ContrastiveTask:
         return {"image": self.eval_tf(image), "label": meta["cls"], "caption": caption}
 
     def train_batches(self, seed: int, rank: int, world_size: int) -> Iterator[dict[str, Any]]:
-        if self.cfg.model.text.lock_steps > 0:
-            self._resync_steps(seed)
         d = self.cfg.data
         return data.make_train_loader(self.train_urls, self._train_sample, self.cfg.train.batch_size,
                                       seed=seed, rank=rank, world_size=world_size,
@@ -106,18 +103,8 @@ class ContrastiveTask:
             extras["logit_bias"] = logit_bias.detach()
         return loss, extras
 
-    def after_optimizer_step(self, model: nn.Module) -> None:
+    def after_optimizer_step(self, model: nn.Module, step: int) -> None:
         clamp_logit_scale(model)
-        self.steps_done += 1
-        self._sync_text_lock()
-
-    def _resync_steps(self, stream_seed: int) -> None:
-        """The engine (re)starts the data stream at its step, seeded `data_seed(train.seed, step)`: recover
-        that step, so a resumed run lifts the text lock on time (the engine passes no step to tasks)."""
-        step = stream_seed - data_seed(self.cfg.train.seed, 0)
-        if step < 0 or data_seed(self.cfg.train.seed, step) != stream_seed:
-            raise RuntimeError("cannot recover the engine's step from the data seed — common.engine.data_seed "
-                               "changed; pass the step to tasks instead")
         self.steps_done = step
         self._sync_text_lock()
 
@@ -137,7 +124,8 @@ class ContrastiveTask:
         d = self.cfg.data
         batches = data.make_eval_loader(self.eval_urls, self._eval_sample, d.eval_batch_size,
                                         rank=accelerator.process_index, world_size=accelerator.num_processes,
-                                        max_samples=0 if final else d.eval_max_samples)
+                                        max_samples=0 if final else d.eval_max_samples,
+                                        num_workers=d.num_workers)
         with accelerator.autocast():
             return evaluate_clip(encode_image, encode_text, batches, self.classnames, self.templates,
                                  accelerator)

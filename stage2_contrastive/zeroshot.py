@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 import torch.nn.functional as F
 
+from common.accuracy import topk_accuracy
 from common.dist import gather_rows, sum_across_ranks
 from common.templates import build_zeroshot_classifier
 
@@ -23,14 +24,6 @@ RECALL_AT = (1, 5, 10)
 def caption_id(caption: str) -> int:
     """A stable integer id of a caption string (equal strings ↔ equal ids, up to crc32 collisions)."""
     return zlib.crc32(caption.encode("utf-8"))
-
-
-def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int]) -> torch.Tensor:
-    """Number of rows whose label is among the top-k logits, for each k: returns [len(ks)] float64."""
-    k_max = min(max(ks), logits.shape[1])
-    top = logits.topk(k_max, dim=1).indices
-    hit = top == labels[:, None]
-    return torch.tensor([hit[:, :min(k, k_max)].any(dim=1).sum().item() for k in ks], dtype=torch.float64)
 
 
 def retrieval_recall(queries: torch.Tensor, keys: torch.Tensor, query_ids: torch.Tensor,

@@ -164,3 +164,11 @@ def test_eval_loader_covers_every_sample_once_across_two_ranks(shards, tmp_path,
     assert any(len(b["id"]) < 7 for b in per_rank[0])  # last partial batch kept
     first_ten = list(data.make_eval_loader(urls, identify, 4, rank=0, world_size=1, max_samples=10))
     assert len(ids(first_ten)) == 10
+
+
+def test_eval_loader_workers_decode_the_same_samples_in_parallel(shards):
+    urls = data.resolve_shards(str(shards))
+    in_process = ids(list(data.make_eval_loader(urls, identify, 7, rank=1, world_size=2)))
+    workers = list(data.make_eval_loader(urls, identify, 7, rank=1, world_size=2, num_workers=2))
+    assert sorted(ids(workers)) == sorted(in_process) and len(ids(workers)) == len(in_process)
+    assert ids(workers) != in_process  # really interleaved from two workers, not one reading everything

@@ -52,3 +52,16 @@ def test_zero3_consolidated_weights_equal_plain_weights(fmnist_shards, tmp_path)
     assert set(a) == set(b)
     for key in a:
         assert a[key].shape == b[key].shape and torch.equal(a[key], b[key]), key
+
+
+def test_zero2_non_finite_gradient_is_skipped_and_counted(tmp_path):
+    # DeepSpeed steps inside `backward`: the guard must read whether its ZeRO optimizer applied the update
+    cmd = torchrun(2, "tests.tasks.linear_task", str(tmp_path), "train.steps=6", "nan_grad_at_steps=[3]",
+                   "train.deepspeed=configs/deepspeed/zero2.json", "train.grad_clip=1.0")
+    proc = subprocess.run(cmd, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    records = [r for r in read_metrics(tmp_path) if "loss" in r]
+    assert [r["bad_steps"] for r in records] == [0, 0, 1, 1, 1, 1]
+    assert all(r["world_size"] == 2 and torch.isfinite(torch.tensor(r["loss"])) for r in records if r["step"] != 3)
+    weights = load_file(str(tmp_path / "model.safetensors"))
+    assert all(torch.isfinite(w).all() for w in weights.values())

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from common.checkpoint import complete_checkpoints
-from common.config import load_config
+from common.config import ConfigError, load_config
 from common.engine import NonFiniteError, train
 from common.metrics_log import read_metrics
 from tests.launch import ROOT, subprocess_env, torchrun
@@ -45,6 +46,16 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path):
     assert resumed == full  # bit-identical on CPU fp32, steps 1..30
 
 
+def test_resume_under_another_schedule_or_from_nothing_names_the_fix(tmp_path):
+    run(tmp_path, "train.steps=4", "train.save_every=2")
+    with pytest.raises(ConfigError, match="trained with steps=4, this run has steps=8 — set train.steps 4"):
+        run(tmp_path, "train.steps=8", resume="auto")
+    with pytest.raises(ConfigError, match="global_batch=16, this run has global_batch=32"):
+        run(tmp_path, "train.steps=4", "train.batch_size=32", resume="auto")
+    with pytest.raises(ConfigError, match="no complete checkpoint under"):
+        run(tmp_path / "empty", resume=str(tmp_path / "empty"))
+
+
 def test_keep_last_rotates_and_temp_folders_are_ignored(tmp_path):
     run(tmp_path, "train.save_every=5", "train.keep_last=2")
     assert [p.name for p in complete_checkpoints(tmp_path)] == ["step_00000025", "step_00000030"]
@@ -57,6 +68,13 @@ def test_non_finite_loss_is_skipped_and_counted(tmp_path):
     records = run(tmp_path, "nan_at_steps=[3, 7]")
     assert records[-2 if "eval" in records[-1] else -1]["bad_steps"] == 2
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records if "loss" in r and r["step"] not in (3, 7))
+
+
+def test_non_finite_gradient_with_finite_loss_is_skipped(tmp_path):
+    records = run(tmp_path, "nan_grad_at_steps=[4]", "train.steps=8")
+    assert [r["bad_steps"] for r in records if "loss" in r] == [0, 0, 0, 1, 1, 1, 1, 1]
+    weights = load_file(str(tmp_path / "model.safetensors"))
+    assert all(torch.isfinite(w).all() for w in weights.values())
 
 
 def test_consecutive_non_finite_steps_stop_the_run(tmp_path):

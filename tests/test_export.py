@@ -3,6 +3,7 @@ embeddings and logits; its preprocess equals our eval transform; timm reloads th
 from __future__ import annotations
 
 import gzip
+import os
 
 import numpy as np
 import open_clip
@@ -17,6 +18,7 @@ from stage2_contrastive.config import ModelConfig, TextConfig
 from stage2_contrastive.model import build_clip, build_tokenizer, open_clip_model_cfg
 
 IMAGE_SIZE = 28
+DEVICE = os.environ.get("EVACLIP_TEST_DEVICE", "cpu")  # scripts/gpu_check.sh sets cuda
 TEXTS = ["a photo of a sneaker.", "a bag.", "an ankle boot on a white background"]
 
 
@@ -46,11 +48,12 @@ def test_open_clip_reloads_export_with_identical_outputs(tmp_path, loss):
     ours, cfg, run = trained_like_run(tmp_path, loss)
     out = export_open_clip(run, tmp_path / "export")
     theirs, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{out}")
-    theirs.eval()
+    theirs.eval().to(DEVICE)
+    ours.to(DEVICE)
     tokenizer = open_clip.get_tokenizer(f"local-dir:{out}")
     assert torch.equal(tokenizer(TEXTS), build_tokenizer(cfg)(TEXTS))
-    images = torch.randn(3, 3, IMAGE_SIZE, IMAGE_SIZE)
-    tokens = tokenizer(TEXTS)
+    images = torch.randn(3, 3, IMAGE_SIZE, IMAGE_SIZE, device=DEVICE)
+    tokens = tokenizer(TEXTS).to(DEVICE)
     with torch.no_grad():
         a, b = ours(images, tokens), theirs(images, tokens)
     assert len(a) == len(b) == (4 if loss == "sigmoid" else 3)

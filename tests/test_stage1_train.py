@@ -69,3 +69,11 @@ def test_stage2_init_from_stage1_run(fmnist_shards, teacher_export, tmp_path):
 def test_missing_teacher_is_a_one_line_error(fmnist_shards, tmp_path, capsys):
     assert stage1_main(["--config", STAGE1, f"train.output_dir={tmp_path}"]) == 2
     assert "teacher.model is not set" in capsys.readouterr().err
+
+
+def test_teacher_weights_of_another_config_are_a_one_line_error(fmnist_shards, teacher_export, tmp_path, capsys):
+    weights = teacher_export / "open_clip_model.safetensors"  # a tiny model's weights for a ViT-B-32 config
+    args = stage1_args(fmnist_shards, tmp_path, teacher_export, "teacher.model=ViT-B-32", f"teacher.weights={weights}")
+    assert stage1_main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "do not match the open_clip config 'ViT-B-32'" in err and len(err.splitlines()) == 1

@@ -56,6 +56,14 @@ def test_bad_input_is_one_line_error(stage2_overrides, capsys, override, message
     assert message in err and len(err.splitlines()) == 1
 
 
+def test_zero_stage_that_does_not_exist_is_one_line_error(stage2_overrides, capsys, tmp_path):
+    ds = tmp_path / "zero5.json"
+    ds.write_text('{"zero_optimization": {"stage": 5}}')
+    assert main(["--config", CONFIG, *stage2_overrides, f"train.deepspeed={ds}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "ZeRO stage 5" in err and "use 0, 1, 2 or 3" in err and len(err.splitlines()) == 1
+
+
 def test_two_processes_under_accelerate_launch(stage2_overrides, tmp_path):
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from accelerate import PartialState
 
-from stage2_contrastive.zeroshot import caption_id, evaluate_clip, retrieval_recall, topk_accuracy
+from common.accuracy import topk_accuracy
+from stage2_contrastive.zeroshot import caption_id, evaluate_clip, retrieval_recall
 
 CLASSES = ["cat", "dog", "bird"]
 TEMPLATES = [lambda c: f"a photo of a {c}.", lambda c: f"a {c}."]

@@ -28,6 +28,7 @@ class LinearConfig:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=0.05, warmup_steps=2, weight_decay=0.0))
     crash_at_step: int = 0  # >0: raise inside the step (simulates a crash)
     nan_at_steps: tuple[int, ...] = ()  # steps whose loss is replaced by NaN
+    nan_grad_at_steps: tuple[int, ...] = ()  # steps whose loss stays finite but whose gradients are NaN
     step_sleep: float = 0.0  # seconds per step (gives a test time to kill the run mid-training)
 
 
@@ -61,9 +62,11 @@ class LinearTask:
         loss = nn.functional.mse_loss(model(batch["x"]), batch["y"])
         if self.step in self.cfg.nan_at_steps:
             loss = loss * float("nan")
+        if self.step in self.cfg.nan_grad_at_steps:  # sqrt(0) = 0, but its derivative is inf, times 0: NaN
+            loss = loss + torch.sqrt(next(model.parameters()).sum() * 0.0)
         return loss, {}
 
-    def after_optimizer_step(self, model: nn.Module) -> None:
+    def after_optimizer_step(self, model: nn.Module, step: int) -> None:
         pass
 
     def evaluate(self, model: nn.Module, accelerator: Any, final: bool = False) -> dict[str, float]:
