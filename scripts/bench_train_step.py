@@ -24,11 +24,6 @@ from common.config import load_config
 from stage2_contrastive.config import Stage2Config
 
 
-def timed(fn: Callable[[], Any], steps: int, warmup: int = 2) -> float:
-    """Median seconds per call of `fn` after `warmup` calls."""
-    return interleaved({"fn": fn}, steps, warmup)["fn"]
-
-
 def sync() -> None:
     """Wait for queued GPU work, so wall-clock times cover it (no-op on CPU)."""
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -52,11 +47,21 @@ def interleaved(fns: dict[str, Callable[[], Any]], steps: int, warmup: int = 3) 
     return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
 
 
-def gemm_peak(device: torch.device, dtype: torch.dtype) -> float:
-    """Measured matmul FLOP/s of this device (a large square GEMM: 2048 on CPU, 8192 on GPU)."""
+def gemm_peak(device: torch.device, dtype: torch.dtype, reps: int = 10) -> float:
+    """Peak matmul FLOP/s of this device: the fastest of `reps` large square GEMMs (2048² on CPU, 8192² on
+    GPU) after warm-up — a peak is a best case, and the median swung 89–133 GFLOP/s between runs here."""
     size = 8192 if device.type == "cuda" else 2048
     a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
-    return 2 * size**3 / timed(lambda: a @ b, 10 if device.type == "cuda" else 5)
+    for _ in range(3):
+        a @ b
+    best = float("inf")
+    for _ in range(reps):
+        sync()
+        start = time.perf_counter()
+        a @ b
+        sync()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
 
 
 def batches(cfg: Stage2Config, device: torch.device, n: int = 4) -> list[dict[str, torch.Tensor]]:
@@ -155,6 +160,16 @@ def stage1_times(cfg: Stage2Config, steps: int, device: torch.device) -> dict[st
                         "teacher_fwd_s": teacher_forward}, steps)
 
 
+def print_profile(step: Callable[[], Any], rows: int) -> None:
+    """Where a step's time goes: the top ops by self CPU time over 2 steps, to stderr."""
+    import sys
+    from torch.profiler import profile
+    with profile() as prof:
+        step()
+        step()
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows), file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", default="configs/stage2/fmnist_tiny.yaml")
@@ -165,6 +180,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--loss", default="softmax")
     parser.add_argument("--device", default="cpu", help="cpu | cuda")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="also print (stderr) the N most expensive ops of 2 evaclip steps (torch.profiler)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -178,8 +195,11 @@ def main(argv: list[str] | None = None) -> None:
         prebuilt = batches(cfg, device)
         peak = gemm_peak(device, torch.bfloat16 if args.precision == "bf16" else torch.float32)
         theirs_fn, flops = open_clip_step(cfg, prebuilt, device)
-        timing = interleaved({"evaclip": evaclip_step(cfg, prebuilt), "open_clip": theirs_fn}, args.steps)
+        ours_fn = evaclip_step(cfg, prebuilt)
+        timing = interleaved({"evaclip": ours_fn, "open_clip": theirs_fn}, args.steps)
         ours, theirs = timing["evaclip"], timing["open_clip"]
+        if args.profile:
+            print_profile(ours_fn, args.profile)
         s1 = stage1_times(cfg, max(3, args.steps // 2), device)
     result = {
         "bench": "train_step", "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",

@@ -31,6 +31,7 @@ class TextConfig:
     layers: int = field(default=4, metadata={"min": 1})
     weights: str = ""  # optional local open_clip checkpoint: its `text.*` tensors initialise the tower
     lr_scale: float = field(default=1.0, metadata={"min": 0.0})
+    weight_decay: Optional[float] = field(default=None, metadata={"min": 0.0})  # None: optim.weight_decay
     layer_decay: float = field(default=1.0, metadata={"min": 0.0, "max": 1.0})  # 1.0: off
     lock_steps: int = field(default=0, metadata={"min": -1})  # encoder frozen for N steps; 0 never, -1 always
     grad_checkpointing: bool = False  # this tower only (model.grad_checkpointing: both towers)
@@ -46,6 +47,7 @@ class ModelConfig:
     patch_dropout: float = field(default=0.0, metadata={"min": 0.0, "max": 0.95})  # FLIP
     grad_checkpointing: bool = False
     vision_lr_scale: float = field(default=1.0, metadata={"min": 0.0})
+    vision_weight_decay: Optional[float] = field(default=None, metadata={"min": 0.0})  # None: optim.weight_decay
     init_logit_scale: Optional[float] = None  # log of the multiplier; None: ln(1/0.07) softmax, ln(10) sigmoid
     init_logit_bias: Optional[float] = None  # sigmoid only; None: -ln(global batch - 1), see README
     text: TextConfig = field(default_factory=TextConfig)

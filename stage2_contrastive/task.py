@@ -70,9 +70,11 @@ class ContrastiveTask:
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
         m, o = self.cfg.model, self.cfg.optim
-        groups = tower_param_groups(model.visual.trunk, o.weight_decay, m.vision_lr_scale, o.layer_decay)
-        groups += tower_param_groups(model.visual.head, o.weight_decay, m.vision_lr_scale)
-        groups += text_param_groups(model.text, o.weight_decay, m.text.lr_scale, m.text.layer_decay,
+        vision_wd = o.weight_decay if m.vision_weight_decay is None else m.vision_weight_decay
+        text_wd = o.weight_decay if m.text.weight_decay is None else m.text.weight_decay
+        groups = tower_param_groups(model.visual.trunk, vision_wd, m.vision_lr_scale, o.layer_decay)
+        groups += tower_param_groups(model.visual.head, vision_wd, m.vision_lr_scale)
+        groups += text_param_groups(model.text, text_wd, m.text.lr_scale, m.text.layer_decay,
                                     include_frozen=m.text.lock_steps > 0)
         scalars = [p for p in (model.logit_scale, model.logit_bias) if p is not None]
         return groups + [{"params": scalars, "weight_decay": 0.0, "lr_scale": 1.0}]

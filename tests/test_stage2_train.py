@@ -76,3 +76,20 @@ def test_two_processes_under_accelerate_launch(stage2_overrides, tmp_path):
     assert "batch_size: 8" in config
     world = [r for r in read_metrics(tmp_path / "run") if "loss" in r][-1]
     assert world["world_size"] == 2
+
+
+def test_per_tower_weight_decay_and_lr_reach_the_param_groups(stage2_overrides):
+    from common.config import load_config
+    from stage2_contrastive.config import Stage2Config
+    from stage2_contrastive.task import ContrastiveTask
+    cfg = load_config(Stage2Config, CONFIG, [*stage2_overrides, "optim.weight_decay=0.1", "model.text.weight_decay=0.02",
+                                             "model.vision_weight_decay=0.3", "model.text.lr_scale=0.5"])
+    task = ContrastiveTask(cfg)
+    model = task.build_model()
+    groups = {id(p): g for g in task.param_groups(model) for p in g["params"]}
+    text_w = model.text.transformer.resblocks[0].mlp.c_fc.weight
+    vision_w = model.visual.trunk.blocks[0].attn.qkv.weight
+    assert (groups[id(text_w)]["weight_decay"], groups[id(text_w)]["lr_scale"]) == (0.02, 0.5)
+    assert (groups[id(vision_w)]["weight_decay"], groups[id(vision_w)]["lr_scale"]) == (0.3, 1.0)
+    assert groups[id(model.visual.trunk.blocks[0].norm1.weight)]["weight_decay"] == 0.0  # 1-D: never decayed
+    assert len(groups) == sum(1 for p in model.parameters() if p.requires_grad)
