@@ -49,7 +49,8 @@ class Task(Protocol):
 
     def evaluate(self, model: nn.Module, accelerator: Any, final: bool) -> dict[str, float]:
         """Called on every rank; returns the (already reduced) metrics, or {}. `final`: the end-of-run
-        evaluation (on the whole eval split), else a periodic one (may subsample)."""
+        evaluation (`data.final_eval_max_samples`, default the whole split), else a periodic one
+        (`data.eval_max_samples`)."""
 
     def save_weights(self, state_dict: dict[str, torch.Tensor], out_dir: Path) -> None:
         """Main process only: write the consolidated weights a user exports from (safetensors)."""

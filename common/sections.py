@@ -56,5 +56,10 @@ class DataConfig:
     image_size: int = field(default=56, metadata={"min": 8})
     templates: str = "simple"  # prompt-template set: captions from labels and zero-shot classifiers
     eval_batch_size: int = field(default=256, metadata={"min": 1})
-    eval_max_samples: int = field(default=0, metadata={"min": 0})  # periodic evals only; 0: all. The final eval uses all
+    eval_max_samples: int = field(default=0, metadata={"min": 0})  # periodic evals: first N of the split; 0: all
+    final_eval_max_samples: int = field(default=0, metadata={"min": 0})  # the end-of-run eval; 0: all
+
+    def eval_limit(self, final: bool) -> int:
+        """How many eval samples (the first N in the split's fixed order) an eval uses; 0: all."""
+        return self.final_eval_max_samples if final else self.eval_max_samples
     augment: AugmentConfig = field(default_factory=AugmentConfig)

@@ -103,7 +103,7 @@ class MimTask:
         counts = torch.zeros(3, dtype=torch.float64, device=device)
         batches = data.make_eval_loader(self.eval_urls, self._eval_sample, d.eval_batch_size,
                                         rank=accelerator.process_index, world_size=accelerator.num_processes,
-                                        max_samples=0 if final else d.eval_max_samples,
+                                        max_samples=d.eval_limit(final),
                                         num_workers=d.num_workers)
         dtype = next(student.parameters()).dtype
         for batch in batches:

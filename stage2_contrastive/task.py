@@ -126,7 +126,7 @@ class ContrastiveTask:
         d = self.cfg.data
         batches = data.make_eval_loader(self.eval_urls, self._eval_sample, d.eval_batch_size,
                                         rank=accelerator.process_index, world_size=accelerator.num_processes,
-                                        max_samples=0 if final else d.eval_max_samples,
+                                        max_samples=d.eval_limit(final),
                                         num_workers=d.num_workers)
         with accelerator.autocast():
             return evaluate_clip(encode_image, encode_text, batches, self.classnames, self.templates,
