@@ -47,21 +47,17 @@ def interleaved(fns: dict[str, Callable[[], Any]], steps: int, warmup: int = 3) 
     return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
 
 
-def gemm_peak(device: torch.device, dtype: torch.dtype, reps: int = 10) -> float:
-    """Peak matmul FLOP/s of this device: the fastest of `reps` large square GEMMs (2048² on CPU, 8192² on
-    GPU) after warm-up — a peak is a best case, and the median swung 89–133 GFLOP/s between runs here."""
-    size = 8192 if device.type == "cuda" else 2048
+def gemm_probe(device: torch.device, dtype: torch.dtype) -> tuple[Callable[[], None], float]:
+    """A call of large square GEMMs (8 × 2048² on CPU, 20 × 8192² on GPU) and its FLOPs: the machine's
+    matmul peak, timed in the same interleaved rounds as the training steps, so it sees the same clock,
+    load and statistic (on this VM a GEMM timed on its own swung 89–173 GFLOP/s between runs)."""
+    size, count = (8192, 20) if device.type == "cuda" else (2048, 8)
     a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
-    for _ in range(3):
-        a @ b
-    best = float("inf")
-    for _ in range(reps):
-        sync()
-        start = time.perf_counter()
-        a @ b
-        sync()
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best
+
+    def gemms() -> None:
+        for _ in range(count):
+            a @ b
+    return gemms, 2.0 * size**3 * count
 
 
 def batches(cfg: Stage2Config, device: torch.device, n: int = 4) -> list[dict[str, torch.Tensor]]:
@@ -193,11 +189,11 @@ def main(argv: list[str] | None = None) -> None:
             f"train.batch_size={args.batch}", *size, f"loss={args.loss}", f"train.precision={args.precision}",
             f"train.output_dir={tmp}", "train.progress=false", "train.tensorboard=false"])
         prebuilt = batches(cfg, device)
-        peak = gemm_peak(device, torch.bfloat16 if args.precision == "bf16" else torch.float32)
+        gemm_fn, gemm_flops = gemm_probe(device, torch.bfloat16 if args.precision == "bf16" else torch.float32)
         theirs_fn, flops = open_clip_step(cfg, prebuilt, device)
         ours_fn = evaclip_step(cfg, prebuilt)
-        timing = interleaved({"evaclip": ours_fn, "open_clip": theirs_fn}, args.steps)
-        ours, theirs = timing["evaclip"], timing["open_clip"]
+        timing = interleaved({"evaclip": ours_fn, "open_clip": theirs_fn, "gemm": gemm_fn}, args.steps)
+        ours, theirs, peak = timing["evaclip"], timing["open_clip"], gemm_flops / timing["gemm"]
         if args.profile:
             print_profile(ours_fn, args.profile)
         s1 = stage1_times(cfg, max(3, args.steps // 2), device)
