@@ -30,7 +30,7 @@ def load_open_clip(model: str, weights: str = "") -> tuple[nn.Module, dict]:
                              "a local weights file (nothing is downloaded), or use local-dir:FOLDER")
         try:
             clip = open_clip.create_model(model, pretrained=weights)
-        except RuntimeError as err:
+        except (RuntimeError, AssertionError, KeyError) as err:  # open_clip's own checks raise all three
             raise ValueError(f"teacher weights '{weights}' do not match the open_clip config '{model}' "
                              f"({str(err).splitlines()[0][:200]}) — pass the config they were trained with") from err
     return clip, dict(clip.visual.preprocess_cfg) if hasattr(clip.visual, "preprocess_cfg") else {}
