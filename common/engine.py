@@ -225,7 +225,7 @@ class Trainer:
         from tqdm.auto import tqdm
         self.bar = tqdm(total=cfg.steps, initial=self.step, desc=str(self.run_dir), dynamic_ncols=True,
                         disable=not (self.is_main and cfg.progress))
-        global_batch = cfg.batch_size * cfg.grad_accum * acc.num_processes
+        global_batch = self.schedule["global_batch"]
         batches, losses, t0, window = self._batches(), [], time.perf_counter(), 0
         self.task.after_optimizer_step(acc.unwrap_model(self.model), self.step)
         try:
