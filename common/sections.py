@@ -58,8 +58,8 @@ class DataConfig:
     eval_batch_size: int = field(default=256, metadata={"min": 1})
     eval_max_samples: int = field(default=0, metadata={"min": 0})  # periodic evals: first N of the split; 0: all
     final_eval_max_samples: int = field(default=0, metadata={"min": 0})  # the end-of-run eval; 0: all
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def eval_limit(self, final: bool) -> int:
         """How many eval samples (the first N in the split's fixed order) an eval uses; 0: all."""
         return self.final_eval_max_samples if final else self.eval_max_samples
-    augment: AugmentConfig = field(default_factory=AugmentConfig)

@@ -47,7 +47,6 @@ class ContrastiveTask:
                               "process without DeepSpeed: DDP/ZeRO fix the trained parameter set when they "
                               "wrap the model — use model.text.lock_steps=-1 (always) or 0 (never)")
         self.text_tower: nn.Module | None = None  # the model's text tower, for `lock_steps`
-        self.steps_done = 0  # the engine's step; the text lock lifts when it reaches lock_steps
 
     # ---- model -------------------------------------------------------------------------------
     def model_cfg(self) -> dict[str, Any]:
@@ -59,14 +58,14 @@ class ContrastiveTask:
             from stage2_contrastive.init import init_vision_from_stage1
             init_vision_from_stage1(model, self.init)
         self.text_tower = model.text
-        self._sync_text_lock()
+        self._sync_text_lock(step=0)
         return model
 
-    def _sync_text_lock(self) -> None:
-        """Freeze the text encoder while `steps_done < lock_steps` (always for -1), release it after."""
+    def _sync_text_lock(self, step: int) -> None:
+        """Freeze the text encoder while the engine's `step < lock_steps` (always for -1), release it after."""
         lock = self.cfg.model.text.lock_steps
         if lock and self.text_tower is not None:
-            set_text_lock(self.text_tower, locked=lock < 0 or self.steps_done < lock)
+            set_text_lock(self.text_tower, locked=lock < 0 or step < lock)
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
         m, o = self.cfg.model, self.cfg.optim
@@ -107,8 +106,7 @@ class ContrastiveTask:
 
     def after_optimizer_step(self, model: nn.Module, step: int) -> None:
         clamp_logit_scale(model)
-        self.steps_done = step
-        self._sync_text_lock()
+        self._sync_text_lock(step)
 
     # ---- eval & weights ----------------------------------------------------------------------
     def evaluate(self, model: nn.Module, accelerator: Any, final: bool = False) -> dict[str, float]:
@@ -136,6 +134,7 @@ class ContrastiveTask:
         d = self.cfg.data
         meta = {"stage": 2, "loss": self.cfg.loss, "vision_model": self.cfg.model.vision_model,
                 "image_size": d.image_size}
-        write_stage2_weights(out_dir, state_dict, self.model_cfg(), preprocess_cfg(d.image_size, d.augment), meta)
+        model_cfg = self.model_cfg()
+        write_stage2_weights(out_dir, state_dict, model_cfg, preprocess_cfg(d.image_size, d.augment), meta)
         if self.cfg.model.text.hf_model:  # the export rebuilds the encoder from its config, with its tokenizer
-            write_hf_text_files(out_dir, self.model_cfg()["text_cfg"]["hf_model_name"], self.tokenizer)
+            write_hf_text_files(out_dir, model_cfg["text_cfg"]["hf_model_name"], self.tokenizer)
