@@ -212,6 +212,17 @@ class Trainer:
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{record['loss']:.4f}")
 
+    def _start_record(self) -> dict[str, Any]:
+        """What this process really runs, logged once at the start of `fit`: the step it starts at (the
+        checkpoint's step on a resume), the world size, accelerate's distributed type and the ZeRO stage."""
+        acc = self.accelerator
+        plugin = getattr(acc.state, "deepspeed_plugin", None) if self.is_deepspeed else None
+        return {"step": self.step, "event": "start",
+                "resumed_from": str(self.resume_from) if self.resume_from is not None else None,
+                "world_size": acc.num_processes, "distributed_type": acc.distributed_type.name,
+                "zero_stage": plugin.zero_stage if plugin is not None else None,
+                "precision": self.cfg.precision}
+
     def _evaluate(self, final: bool = False) -> None:
         self.model.eval()
         with torch.no_grad():
@@ -227,6 +238,7 @@ class Trainer:
                         disable=not (self.is_main and cfg.progress))
         global_batch = self.schedule["global_batch"]
         batches, losses, t0, window = self._batches(), [], time.perf_counter(), 0
+        self.logger.log(self._start_record())
         self.task.after_optimizer_step(acc.unwrap_model(self.model), self.step)
         try:
             while self.step < cfg.steps:
