@@ -4,9 +4,11 @@
 #   2. bf16 stage-2 step of eva02_base_patch16_clip_224 + CLIP-base text: images/s, vs open_clip, MFU
 #      against the bf16 GEMM peak measured in the same run (scripts/bench_train_step.py)
 #   3. a ZeRO-2 single-GPU stage-2 run (5 steps, torchrun, 1 process)
-#   4. the export test and the CUDA-only attention tests on the GPU (pytest)
+#   4. the export test and the CUDA-only attention tests on the GPU (pytest): a test that skips there
+#      (no CUDA, xformers missing or without kernels) fails the step — a skipped GPU test is not a pass
 # Writes runs/gpu_check/summary.json (every step's status, seconds and JSON result). On a machine without
 # CUDA it runs the preflight (venv, imports, data) and prints a SKIP line naming why, exit status 0.
+#   scripts/gpu_check.sh --pytest-only [PYTEST ARGS]   step 4 alone (any machine; default: its selection)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${GPU_CHECK_OUT:-runs/gpu_check}
@@ -17,6 +19,7 @@ if [ ! -x "$PY" ]; then
 fi
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PIP_NO_INDEX=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 rm -rf "$OUT" && mkdir -p "$OUT"
+GPU_TESTS=(tests/test_export.py tests/test_attention.py -k "reloads or cuda")
 
 step() {  # step NAME SECONDS CMD...: run with a time limit, log to $OUT/NAME.log, record status + seconds
   local name=$1 limit=$2 start rc
@@ -29,6 +32,59 @@ step() {  # step NAME SECONDS CMD...: run with a time limit, log to $OUT/NAME.lo
     >> "$OUT/steps.jsonl"
   [ "$rc" -eq 0 ] && echo "   ok" || { echo "   FAILED (rc $rc), last lines:"; tail -n 5 "$OUT/$name.log"; }
 }
+
+gpu_tests() {  # step 4: pytest on the GPU, failing (rc 3) when any selected test skips
+  EVACLIP_TEST_DEVICE=cuda step gpu_tests 180 "$PY" - "$@" <<'PY'
+import sys
+import pytest
+
+class Skips:  # a pytest plugin: every test that reports skipped, with its reason
+    def __init__(self):
+        self.found = []
+
+    def pytest_runtest_logreport(self, report):
+        if report.skipped:
+            why = report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr
+            self.found.append(f"{report.nodeid}: {why}")
+
+skips = Skips()
+rc = int(pytest.main(["-q", "-p", "no:cacheprovider", "-rs", *sys.argv[1:]], plugins=[skips]))
+if rc == 0 and skips.found:
+    print(f"gpu_tests: {len(skips.found)} test(s) skipped, so they did not run on the GPU:", *skips.found,
+          sep="\n  ")
+    rc = 3
+sys.exit(rc)
+PY
+}
+
+summarize() {  # summary.json from steps.jsonl (+ each step's last JSON line); exit status 1 if a step failed
+  "$PY" - "$OUT" <<'PY'
+import json, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
+for s in steps:  # a step's result: the last JSON line it printed
+    lines = [l for l in (out / f"{s['step']}.log").read_text().splitlines() if l.startswith("{")]
+    if lines:
+        s["result"] = json.loads(lines[-1])
+zero2 = out / "zero2" / "metrics.jsonl"
+if zero2.is_file():
+    losses = [r for r in map(json.loads, zero2.read_text().splitlines()) if "loss" in r]
+    next(s for s in steps if s["step"] == "zero2")["result"] = {"losses": [r["loss"] for r in losses]}
+summary = {"status": "passed" if all(s["rc"] == 0 for s in steps) else "failed", "steps": steps}
+(out / "summary.json").write_text(json.dumps(summary, indent=1))
+print(json.dumps(summary))
+sys.exit(0 if summary["status"] == "passed" else 1)
+PY
+}
+
+if [ "${1:-}" = "--pytest-only" ]; then
+  shift
+  if [ "$#" -eq 0 ]; then set -- "${GPU_TESTS[@]}"; fi
+  gpu_tests "$@"
+  summarize
+  exit
+fi
 
 # ---- preflight: runs everywhere ------------------------------------------------------------------
 step preflight 120 "$PY" - <<'PY'
@@ -82,24 +138,5 @@ PORT=$("$PY" -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); p
 step zero2 240 "$PY" -m torch.distributed.run --nproc_per_node 1 --master_port "$PORT" -m stage2_contrastive.train \
   --config configs/stage2/gpu_base.yaml train.deepspeed=configs/deepspeed/zero2.json train.steps=5 \
   train.log_every=1 "train.output_dir=$OUT/zero2"
-EVACLIP_TEST_DEVICE=cuda step gpu_tests 180 "$PY" -m pytest -q -p no:cacheprovider tests/test_export.py \
-  tests/test_attention.py -k "reloads or cuda"
-
-"$PY" - "$OUT" <<'PY'
-import json, sys
-from pathlib import Path
-out = Path(sys.argv[1])
-steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
-for s in steps:  # a step's result: the last JSON line it printed
-    lines = [l for l in (out / f"{s['step']}.log").read_text().splitlines() if l.startswith("{")]
-    if lines:
-        s["result"] = json.loads(lines[-1])
-zero2 = out / "zero2" / "metrics.jsonl"
-if zero2.is_file():
-    losses = [r for r in map(json.loads, zero2.read_text().splitlines()) if "loss" in r]
-    next(s for s in steps if s["step"] == "zero2")["result"] = {"losses": [r["loss"] for r in losses]}
-summary = {"status": "passed" if all(s["rc"] == 0 for s in steps) else "failed", "steps": steps}
-(out / "summary.json").write_text(json.dumps(summary, indent=1))
-print(json.dumps(summary))
-sys.exit(0 if summary["status"] == "passed" else 1)
-PY
+gpu_tests "${GPU_TESTS[@]}"
+summarize

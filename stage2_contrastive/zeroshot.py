@@ -4,15 +4,16 @@ Every rank embeds its slice of the eval stream; counts are summed and features g
 numbers equal a single-process evaluation. Retrieval runs over UNIQUE captions: class-derived captions
 repeat across the images of a class, so i2t ranks the distinct texts (positive: the image's own
 caption) and t2i asks, for each distinct text, whether an image carrying it is in the top-k. With
-real per-image captions nothing repeats and this is ordinary image↔text retrieval.
+real per-image captions nothing repeats and this is ordinary image↔text retrieval. Captions are told
+apart by their exact strings (gathered from every rank), never by a hash that two captions could share.
 """
 from __future__ import annotations
 
-import zlib
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
+from accelerate.utils import gather_object
 
 from common.accuracy import topk_accuracy
 from common.dist import gather_rows, sum_across_ranks
@@ -21,9 +22,13 @@ from common.templates import build_zeroshot_classifier
 RECALL_AT = (1, 5, 10)
 
 
-def caption_id(caption: str) -> int:
-    """A stable integer id of a caption string (equal strings ↔ equal ids, up to crc32 collisions)."""
-    return zlib.crc32(caption.encode("utf-8"))
+def global_caption_ids(captions: Sequence[str], accelerator: Any) -> torch.Tensor:
+    """Ids of the captions of every rank, in rank order (the order `gather_rows` gives their rows):
+    [Σ_r n_r] int64, on every rank. A caption's id is the index of the first row holding the same string,
+    so equal strings ↔ equal ids exactly, and `ids.unique()` are the rows of the distinct captions."""
+    gathered = list(captions) if accelerator.num_processes == 1 else gather_object(list(captions))
+    first_row: dict[str, int] = {}
+    return torch.tensor([first_row.setdefault(c, row) for row, c in enumerate(gathered)], dtype=torch.long)
 
 
 def retrieval_recall(queries: torch.Tensor, keys: torch.Tensor, query_ids: torch.Tensor,
@@ -51,7 +56,7 @@ def evaluate_clip(encode_image: Callable[[torch.Tensor], torch.Tensor],
     device = accelerator.device
     classifier = build_zeroshot_classifier(encode_text, classnames, templates).to(device)  # [D, C]
     counts = torch.zeros(3, dtype=torch.float64)  # top-1 hits, top-5 hits, samples
-    image_feats, text_feats, ids = [], [], []
+    image_feats, text_feats, captions = [], [], []
     for batch in batches:
         images, labels = batch["image"].to(device), batch["label"].to(device)
         feats = encode_image(images).float()
@@ -59,7 +64,7 @@ def evaluate_clip(encode_image: Callable[[torch.Tensor], torch.Tensor],
         counts[2] += labels.shape[0]
         image_feats.append(feats)
         text_feats.append(encode_text(list(batch["caption"])).float())
-        ids.append(torch.tensor([caption_id(c) for c in batch["caption"]], device=device))
+        captions += list(batch["caption"])
     counts = sum_across_ranks(counts.to(device), accelerator).cpu()
     if counts[2] == 0:
         raise ValueError("the eval split is empty — check data.eval_shards")
@@ -68,19 +73,12 @@ def evaluate_clip(encode_image: Callable[[torch.Tensor], torch.Tensor],
     dim = classifier.shape[0]
     img = gather_rows(torch.cat(image_feats) if image_feats else torch.zeros(0, dim, device=device), accelerator)
     txt = gather_rows(torch.cat(text_feats) if text_feats else torch.zeros(0, dim, device=device), accelerator)
-    cid = gather_rows(torch.cat(ids) if ids else torch.zeros(0, dtype=torch.long, device=device), accelerator)
+    cid = global_caption_ids(captions, accelerator).to(device)
     img, txt = F.normalize(img, dim=-1), F.normalize(txt, dim=-1)
-    unique_ids, first = first_occurrences(cid)
-    pairs = {"i2t": (img, txt[first], cid, unique_ids), "t2i": (txt[first], img, unique_ids, cid)}
+    first = cid.unique()  # the row of each distinct caption's first occurrence, which is also its id
+    pairs = {"i2t": (img, txt[first], cid, first), "t2i": (txt[first], img, first, cid)}
     for name, (queries, keys, query_ids, key_ids) in pairs.items():
         for r, value in zip(RECALL_AT, retrieval_recall(queries, keys, query_ids, key_ids)):
             metrics[f"{name}_R@{r}"] = value
     return metrics
 
-
-def first_occurrences(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(unique ids [U], index of each one's first occurrence in `ids` [U])."""
-    unique_ids, inverse = torch.unique(ids, return_inverse=True)
-    positions = torch.arange(ids.shape[0], device=ids.device)
-    first = torch.full_like(unique_ids, ids.shape[0]).scatter_reduce(0, inverse, positions, reduce="amin")
-    return unique_ids, first

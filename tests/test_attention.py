@@ -124,21 +124,49 @@ VARIANTS = {  # Eva kwargs that reach EvaAttention's code paths
 }
 
 
+def forward_and_backward(model: torch.nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Features [B, tokens, width] of `images` and the gradients of their squared sum w.r.t. the images
+    and every parameter."""
+    model.zero_grad(set_to_none=True)
+    images = images.clone().requires_grad_()
+    features = model.forward_features(images)
+    features.square().sum().backward()
+    grads = {f"grad {name}": p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    return {"features": features.detach(), "grad images": images.grad, **grads}
+
+
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_xformers_forward_mirrors_timm_with_a_reference_kernel(monkeypatch, variant):
-    """The module's own code (qkv + bias, q/k norm, RoPE on non-prefix tokens, norm, proj) equals timm's;
-    only the kernel is stubbed, so this runs on CPU."""
+    """The module's own code (qkv + bias, q/k norm, RoPE on non-prefix tokens, norm, proj) equals timm's,
+    forward and backward; only the kernel is stubbed (by SDPA), so this runs on CPU. Every block really
+    runs XformersEvaAttention: the class is swapped and the stub is called once per block."""
+    calls = []
+
+    def counting_kernel(*args, **kwargs) -> torch.Tensor:
+        calls.append(1)
+        return reference_xformers_kernel(*args, **kwargs)
+
     monkeypatch.setattr(common.attention, "_memory_efficient_attention", lambda: None)
-    monkeypatch.setattr(common.attention, "xformers_attention", reference_xformers_kernel)
+    monkeypatch.setattr(common.attention, "xformers_attention", counting_kernel)
     model = tiny_eva(**VARIANTS[variant])
     for block in model.blocks:
         block.attn.qkv_bias_separate = variant == "qkv_bias_separate"
     images = torch.randn(2, 3, 56, 56, generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        sdpa = model.forward_features(images)
-        set_attention_backend(model, "xformers")
-        xformers = model.forward_features(images)
-    torch.testing.assert_close(xformers, sdpa, atol=1e-5, rtol=1e-5)
+    sdpa = forward_and_backward(model, images)
+    assert not calls
+    assert set_attention_backend(model, "xformers") == NUM_BLOCKS_TINY
+    assert all(type(block.attn) is XformersEvaAttention for block in model.blocks)
+    assert attention_backend(model) == "xformers"
+    xformers = forward_and_backward(model, images)
+    assert len(calls) == NUM_BLOCKS_TINY
+    assert xformers.keys() == sdpa.keys() and len(sdpa) > 2
+    for name, expected in sdpa.items():
+        torch.testing.assert_close(xformers[name], expected, atol=1e-5, rtol=1e-5,
+                                   msg=lambda m, name=name: f"{variant}, {name}: {m}")
+
+
+XFORMERS_NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(),
+                                         reason="xformers memory_efficient_attention runs on CUDA tensors only")
 
 
 def require_xformers_kernels() -> None:
@@ -147,7 +175,7 @@ def require_xformers_kernels() -> None:
         pytest.skip(reason)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="xformers memory_efficient_attention needs CUDA (CPU_NOTES.md)")
+@XFORMERS_NEEDS_CUDA
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_xformers_matches_sdpa_on_cuda(dtype):
     require_xformers_kernels()
@@ -166,7 +194,7 @@ def test_xformers_matches_sdpa_on_cuda(dtype):
     assert type(model.blocks[0].attn).__name__ == "EvaAttention"
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="xformers memory_efficient_attention needs CUDA (CPU_NOTES.md)")
+@XFORMERS_NEEDS_CUDA
 def test_xformers_backward_matches_sdpa_on_cuda():
     require_xformers_kernels()
     block = tiny_eva().blocks[0].cuda().to(torch.bfloat16)

@@ -1,5 +1,9 @@
-"""`--init`: a stage-1 trunk loads strictly into the stage-2 vision tower; wrong shapes are one-line errors."""
+"""`--init`: a stage-1 trunk loads strictly into the stage-2 vision tower; a wrong shape, a missing tensor or
+a tensor the trunk lacks is a one-line error; only the allow-listed classifier head (`head.*`) may be extra.
+(The CLI path, stage 1 → `--init` → saved stage-2 trunk, is in test_stage1_train.py.)"""
 from __future__ import annotations
+
+from typing import Callable
 
 import pytest
 import torch
@@ -12,6 +16,7 @@ from stage2_contrastive.config import ModelConfig, TextConfig
 from stage2_contrastive.init import init_vision_from_stage1
 from stage2_contrastive.model import build_clip
 
+State = dict[str, torch.Tensor]
 TINY_TEXT = TextConfig(context_length=8, width=32, heads=2, layers=1)
 
 
@@ -19,10 +24,11 @@ def clip(image_size: int = 28, name: str = "eva02_tiny_patch14_224"):
     return build_clip(ModelConfig(vision_model=name, embed_dim=16, text=TINY_TEXT), "softmax", image_size, 8)
 
 
-def stage1_trunk_file(tmp_path, image_size: int = 28):
+def stage1_trunk_file(tmp_path, image_size: int = 28, edit: Callable[[State], State] = lambda state: state):
+    """A stage-1 student trunk saved as `student_trunk.safetensors`, after `edit(state) -> state`."""
     torch.manual_seed(1)
     student = MaskedEvaStudent(create_eva_trunk("eva02_tiny_patch14_224", image_size), target_dim=16)
-    state = student.trunk_state_dict()
+    state = edit(dict(student.trunk_state_dict()))
     file = tmp_path / "student_trunk.safetensors"
     save_file({k: v.contiguous() for k, v in state.items()}, str(file))
     return file, state
@@ -58,3 +64,33 @@ def test_wrong_architecture_names_both_shapes(tmp_path):
 def test_missing_init_path_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="stage-1 run folder"):
         init_vision_from_stage1(clip(), tmp_path / "nope")
+
+
+def test_missing_trunk_tensor_is_a_one_line_error(tmp_path):
+    dropped = "blocks.0.attn.qkv.weight"
+    file, _ = stage1_trunk_file(tmp_path, edit=lambda state: {k: v for k, v in state.items() if k != dropped})
+    with pytest.raises(TrunkMismatchError) as info:
+        init_vision_from_stage1(clip(), file)
+    message = str(info.value)
+    assert "lacks 1 trunk tensors (first: 'blocks.0.attn.qkv.weight')" in message and "\n" not in message
+
+
+def test_tensor_the_trunk_lacks_is_a_one_line_error(tmp_path):
+    # e.g. the whole stage-1 student saved instead of its trunk: the mask token is no trunk tensor
+    file, _ = stage1_trunk_file(tmp_path, edit=lambda state: {**state, "mask_token": torch.zeros(1, 1, 192)})
+    with pytest.raises(TrunkMismatchError) as info:
+        init_vision_from_stage1(clip(), file)
+    message = str(info.value)
+    assert "has key 'mask_token' that the vision trunk lacks" in message and "\n" not in message
+
+
+def test_allow_listed_classifier_head_is_skipped_and_the_rest_loads(tmp_path):
+    head = {"head.weight": torch.ones(10, 192), "head.bias": torch.ones(10)}
+    file, state = stage1_trunk_file(tmp_path, edit=lambda state: {**state, **head})
+    model = clip()
+    report = init_vision_from_stage1(model, file)
+    assert sorted(report["skipped"]) == sorted(head) and not report["new"]
+    loaded = model.visual.trunk.state_dict()
+    assert set(loaded) == set(state) - set(head)
+    for key in loaded:
+        assert torch.equal(loaded[key], state[key]), key

@@ -59,7 +59,22 @@ def test_unmasked_forward_equals_timm_forward_features_through_head(student):
         torch.testing.assert_close(student(images, None), student.head(features), rtol=0, atol=0)
 
 
-def test_grad_checkpointing_gives_same_outputs_and_grads():
+def block_runs_in_forward_backward(student: MaskedEvaStudent, images: torch.Tensor, mask: torch.Tensor) -> int:
+    """How often the first trunk block starts in one training forward + backward of `student` on images
+    [B,3,H,W] / mask [B,N]: 1, or 2 when activation checkpointing recomputes it during backward (counted by a
+    pre-hook: the recompute stops early and never returns). Leaves no gradients behind."""
+    runs: list[int] = []
+    handle = student.trunk.blocks[0].register_forward_pre_hook(lambda *_: runs.append(1))
+    try:
+        student.train()
+        student(images, mask).square().mean().backward()
+    finally:
+        handle.remove()
+        student.zero_grad(set_to_none=True)
+    return len(runs)
+
+
+def test_grad_checkpointing_recomputes_blocks_with_same_outputs_and_grads():
     torch.manual_seed(0)
     model = build_student(MODEL, 28, TARGET_DIM)  # 2x2 grid
     images, mask = torch.randn(2, 3, 28, 28), torch.tensor([[True, False, False, True], [False, True, False, False]])
@@ -71,6 +86,7 @@ def test_grad_checkpointing_gives_same_outputs_and_grads():
         out.square().sum().backward()
         qkv_grad = model.trunk.blocks[0].attn.qkv.weight.grad.clone()
         results.append((out.detach(), model.mask_token.grad.clone(), qkv_grad))
+        assert block_runs_in_forward_backward(model, images, mask) == (2 if enable else 1)
     for plain, checkpointed in zip(*results):
         torch.testing.assert_close(plain, checkpointed)
 
