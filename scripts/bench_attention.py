@@ -18,7 +18,7 @@ from typing import Optional
 import timm
 import torch
 
-from common.attention import set_attention_backend, xformers_unavailable_reason
+from common.vision.attention import set_attention_backend, xformers_unavailable_reason
 
 PATCH = 14
 
@@ -57,7 +57,7 @@ def time_step(block, rope, x: torch.Tensor, repeats: int) -> tuple[float, Option
 
 def backends(device: torch.device) -> tuple[list[str], dict[str, str]]:
     """Backends to time here, and why any is skipped."""
-    reason = "needs CUDA tensors (CPU_NOTES.md)" if device.type != "cuda" else xformers_unavailable_reason()
+    reason = "xformers memory_efficient_attention needs CUDA tensors" if device.type != "cuda" else xformers_unavailable_reason()
     return (["sdpa", "math"], {"xformers": reason}) if reason else (["sdpa", "math", "xformers"], {})
 
 

@@ -20,17 +20,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from common import data
+from common.data.samples import PrivateRNG
+from common.data.shard_list import resolve_shards
+from common.data.streams import make_train_loader
 
 
 def build_transform(image_size: int) -> tuple[Callable[[Image.Image], torch.Tensor], str]:
-    try:
-        from common.transforms import AugmentConfig, train_transform
-        return train_transform(image_size, AugmentConfig()), "common.transforms.train_transform"
-    except ImportError:
-        from torchvision import transforms as T
-        return T.Compose([T.Lambda(lambda im: im.convert("RGB")), T.RandomResizedCrop(image_size),
-                          T.ToTensor(), T.Normalize((0.5,) * 3, (0.5,) * 3)]), "torchvision"
+    from common.config.sections import AugmentConfig
+    from common.data.transforms import train_transform
+    return train_transform(image_size, AugmentConfig()), "common.data.transforms.train_transform"
 
 
 def build_masker(image_size: int, patch: int, ratio: float) -> tuple[Callable[[], torch.Tensor] | None, str]:
@@ -63,7 +61,7 @@ class Sample:
 
 
 def throughput(urls: list[str], sample: Sample, batch_size: int, workers: int, batches: int) -> float:
-    loader = iter(data.make_train_loader(urls, sample, batch_size, seed=0, num_workers=workers))
+    loader = iter(make_train_loader(urls, sample, batch_size, seed=0, num_workers=workers))
     next(loader)  # start-up (worker fork, shuffle buffer fill) excluded
     start = time.perf_counter()
     for _ in itertools.islice(loader, batches):
@@ -73,7 +71,7 @@ def throughput(urls: list[str], sample: Sample, batch_size: int, workers: int, b
 
 def rng_swap_us(n: int = 2000) -> float:
     """Cost of the private-RNG swap around each map_sample call, in µs."""
-    rng = data._PrivateRNG(0)
+    rng = PrivateRNG(0)
     start = time.perf_counter()
     for _ in range(n):
         with rng:
@@ -82,7 +80,7 @@ def rng_swap_us(n: int = 2000) -> float:
 
 
 def make_default_shards(tmp: Path) -> str:
-    from common.shards import ShardOptions, make_shards
+    from common.datasets.shard_writer import ShardOptions, make_shards
     make_shards(ShardOptions("fashion-mnist", str(tmp), samples_per_shard=500, max_train=2000, max_test=0))
     return str(tmp / "train")
 
@@ -99,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         spec = args.shards or make_default_shards(Path(tmp))
-        urls = data.resolve_shards(spec)
+        urls = resolve_shards(spec)
         transform, transform_name = build_transform(args.image_size)
         masker, mask_name = build_masker(args.image_size, args.patch_size, args.mask_ratio)
         sample = Sample(transform, masker)

@@ -20,7 +20,7 @@ from typing import Any, Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from common.config import load_config
+from common.config.schema import load_config
 from stage2_contrastive.config import Stage2Config
 
 
@@ -71,19 +71,22 @@ def autocast(device: torch.device, precision: str) -> Any:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
-def prebuilt_stage2_task(cfg: Stage2Config, prebuilt: list[dict]) -> Any:
-    """The real stage-2 task (needs the shards for class names) with its loader replaced by
-    pre-built batches, so the engine step is timed without data loading."""
+def prebuilt_stage2_task(cfg: Stage2Config, prebuilt: list[dict]) -> Callable[[Any], Any]:
+    """A factory of the real stage-2 task (needs the shards for class names) with its loader replaced
+    by pre-built batches, so the engine step is timed without data loading."""
     from stage2_contrastive.task import ContrastiveTask
-    task = ContrastiveTask(cfg)
-    task.train_batches = lambda seed, rank, world_size: cycle(prebuilt)
-    return task
+
+    def make(run: Any) -> ContrastiveTask:
+        task = ContrastiveTask(cfg, run)
+        task.train_batches = lambda seed: cycle(prebuilt)
+        return task
+    return make
 
 
 def evaclip_step(cfg: Stage2Config, prebuilt: list[dict]) -> Callable[[], Any]:
     """One optimizer step of the real engine (accumulate, NaN guard, clipping, schedule, clamp)."""
-    from common.engine import Trainer
-    trainer = Trainer(prebuilt_stage2_task(cfg, prebuilt), cfg, cfg.train, cfg.optim)
+    from common.train.engine import Trainer
+    trainer = Trainer(cfg, prebuilt_stage2_task(cfg, prebuilt))
     stream = trainer._batches()
     return lambda: trainer._train_step(stream)
 
@@ -96,8 +99,10 @@ def open_clip_step(cfg: Stage2Config, prebuilt: list[dict],
 
     from open_clip.loss import ClipLoss, SigLipLoss
     from stage2_contrastive.model import build_clip
+    from stage2_contrastive.objective import Objective
     torch.manual_seed(0)
-    model = build_clip(cfg.model, cfg.loss, cfg.data.image_size, cfg.train.batch_size).to(device).train()
+    objective = Objective.from_config(cfg.loss, cfg.model, cfg.train.batch_size)
+    model = build_clip(cfg.model, objective, cfg.data.image_size).to(device).train()
     loss_fn = ClipLoss() if cfg.loss == "softmax" else SigLipLoss()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     data = cycle(prebuilt)
@@ -105,7 +110,7 @@ def open_clip_step(cfg: Stage2Config, prebuilt: list[dict],
     def step() -> None:
         batch = next(data)
         with autocast(device, cfg.train.precision):
-            loss = loss_fn(*model(batch["image"], batch["text"]))
+            loss = loss_fn(**model(batch["image"], batch["text"]))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -115,22 +120,24 @@ def open_clip_step(cfg: Stage2Config, prebuilt: list[dict],
     counter = FlopCounterMode(display=False)
     with counter, autocast(device, cfg.train.precision):
         batch = prebuilt[0]
-        loss_fn(*model(batch["image"], batch["text"])).backward()
+        loss_fn(**model(batch["image"], batch["text"])).backward()
     optimizer.zero_grad(set_to_none=True)
     return step, float(counter.get_total_flops())
 
 
 def stage1_times(cfg: Stage2Config, steps: int, device: torch.device) -> dict[str, float]:
     """Stage-1 step with a frozen teacher vs student fwd+bwd alone and teacher fwd alone (seconds)."""
-    from common.vit import create_eva_trunk, grid_size
+    from common.vision.trunk import create_eva_trunk, patch_grid
     from stage1_mim.loss import masked_cosine_loss
     from stage1_mim.model import MaskedEvaStudent
     from stage1_mim.teacher import FrozenTeacher
     from stage2_contrastive.model import build_clip, build_tokenizer
+    from stage2_contrastive.objective import Objective
     size, bsz = cfg.data.image_size, cfg.train.batch_size
     trunk = create_eva_trunk(cfg.model.vision_model, size)
-    grid = grid_size(trunk)[0]
-    teacher = FrozenTeacher(build_clip(cfg.model, "softmax", size, bsz), build_tokenizer(cfg.model),
+    grid = patch_grid(cfg.model.vision_model, size)[0]
+    teacher_clip = build_clip(cfg.model, Objective.from_config("softmax", cfg.model, bsz), size)
+    teacher = FrozenTeacher(teacher_clip, build_tokenizer(cfg.model),
                             (grid, grid), ((0.5,) * 3, (0.5,) * 3)).to(device)
     student = MaskedEvaStudent(trunk, teacher.embed_dim).to(device)
     optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-4)

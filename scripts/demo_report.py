@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from common.metrics_log import read_metrics
+from common.artifacts import read_metrics
 
 METRICS = ("zeroshot_top1", "zeroshot_top5", "i2t_R@1", "t2i_R@1")
 

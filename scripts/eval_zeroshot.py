@@ -10,10 +10,10 @@ import time
 
 import open_clip
 import torch
-from accelerate import Accelerator
 
-from common import data
-from common.templates import caption_of, get_templates
+from common.data.shard_list import read_classnames, resolve_shards
+from common.data.streams import make_eval_loader
+from common.data.templates import caption_of, get_templates
 from stage2_contrastive.zeroshot import evaluate_clip
 
 
@@ -28,8 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="image-decoding loader processes (0: in-process)")
     args = parser.parse_args(argv)
     try:
-        urls = data.resolve_shards(args.data)
-        classnames = data.read_classnames(args.data)
+        urls = resolve_shards(args.data)
+        classnames = read_classnames(args.data)
         if not classnames:
             raise FileNotFoundError(f"no classnames.txt beside '{args.data}' — zero-shot needs class names")
         model, _, preprocess = open_clip.create_model_and_transforms(args.model, pretrained=args.pretrained)
@@ -37,8 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    model = model.to(accelerator.device).eval()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = model.to(device).eval()
     templates = get_templates(args.templates)
 
     def sample(image, meta):
@@ -46,11 +46,11 @@ def main(argv: list[str] | None = None) -> int:
         return {"image": preprocess(image), "label": meta["cls"], "caption": caption}
 
     start = time.perf_counter()
-    batches = data.make_eval_loader(urls, sample, args.batch_size, max_samples=args.max_samples,
-                                    num_workers=args.workers)
+    batches = make_eval_loader(urls, sample, args.batch_size, max_samples=args.max_samples,
+                               num_workers=args.workers)
     metrics = evaluate_clip(lambda x: model.encode_image(x, normalize=True),
-                            lambda t: model.encode_text(tokenizer(t).to(accelerator.device), normalize=True),
-                            batches, classnames, templates, accelerator)
+                            lambda t: model.encode_text(tokenizer(t).to(device), normalize=True),
+                            batches, classnames, templates, device)
     metrics.update(model=args.model, data=args.data, seconds=round(time.perf_counter() - start, 1))
     print(json.dumps(metrics))
     return 0

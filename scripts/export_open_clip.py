@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from common.export import NotARunError, export_open_clip
+from common.artifacts import NotARunError
+from common.export import export_open_clip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,8 @@ import argparse
 import json
 import sys
 
-from common.export import NotARunError, export_timm
+from common.artifacts import NotARunError
+from common.export import export_timm
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -90,7 +90,7 @@ fi
 step preflight 120 "$PY" - <<'PY'
 import json
 import torch, timm, open_clip, accelerate, deepspeed  # noqa: F401  (all must import offline)
-from common.attention import xformers_unavailable_reason
+from common.vision.attention import xformers_unavailable_reason
 print(json.dumps({"torch": torch.__version__, "cuda": torch.version.cuda, "timm": timm.__version__,
                   "open_clip": open_clip.__version__, "deepspeed": deepspeed.__version__,
                   "cuda_available": torch.cuda.is_available(),

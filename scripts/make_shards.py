@@ -1,4 +1,5 @@
-"""Write webdataset shards for training and evaluation (layout and determinism: common/shards.py).
+"""Write webdataset shards for training and evaluation
+(layout and determinism: common/datasets/shard_writer.py).
 
     python scripts/make_shards.py --source fashion-mnist --out data/fashion-mnist
     python scripts/make_shards.py --source folder:PATH --out data/mine      # PATH/<class>/<image>
@@ -13,7 +14,7 @@ import sys
 
 from tqdm import tqdm
 
-from common.shards import ShardOptions, make_shards, shards_complete
+from common.datasets.shard_writer import ShardOptions, make_shards, shards_complete
 
 
 def parse_args(argv: list[str] | None) -> ShardOptions:

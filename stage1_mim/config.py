@@ -1,20 +1,27 @@
-"""Stage-1 config schema: student, frozen teacher, block masking, and the shared sections."""
+"""Stage-1 config schema: student, frozen teacher, block masking, and the shared sections.
+Static checks run in `validate()` at load time; checks that need the run (world size) in `validate_run`."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Optional
 
-from common.config import ConfigError
-from common.vit import check_vision_config
-from common.sections import DataConfig, OptimConfig, TrainConfig
+from common.config.schema import ConfigError
+from common.config.sections import DataConfig, OptimConfig, TrainConfig
+from common.train.context import RunContext
+from common.vision.attention import AttentionBackend, check_attention_backend
+from common.vision.trunk import check_vision_config, patch_grid
+from stage1_mim.masking import check_mask_shape, num_masked_for_ratio
 
 
 @dataclass
 class StudentConfig:
     vision_model: str = "eva02_tiny_patch14_224"  # timm registered Eva name, the same as stage 2's tower
     drop_path_rate: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})
-    attention: Literal["sdpa", "math", "xformers"] = "sdpa"
+    attention: AttentionBackend = "sdpa"
     grad_checkpointing: bool = False
+
+    def validate(self) -> None:
+        check_attention_backend(self.attention)
 
 
 @dataclass
@@ -23,14 +30,22 @@ class TeacherConfig:
     model: str = ""
     weights: str = ""
 
+    def validate(self) -> None:
+        if not self.model:
+            raise ConfigError("teacher.model is not set — pass teacher.model=local-dir:EXPORT_DIR (an open_clip "
+                              "folder, e.g. from scripts/export_open_clip.py) or a built-in name + teacher.weights")
+
 
 @dataclass
 class MaskConfig:
-    """BEiT/EVA block-wise masking on the student's patch grid."""
-    ratio: float = field(default=0.4, metadata={"min": 0.0, "max": 1.0})
-    min_block: int = field(default=4, metadata={"min": 1})
+    """BEiT/EVA block-wise masking on the student's patch grid (`ratio` checked against the grid)."""
+    ratio: float = 0.4
+    min_block: int = 4
     max_block: Optional[int] = None
     aspect: tuple[float, float] = (0.3, 3.3333333)
+
+    def validate(self) -> None:
+        check_mask_shape(self.min_block, self.max_block, self.aspect)
 
 
 @dataclass
@@ -45,8 +60,8 @@ class Stage1Config:
 
     def validate(self) -> None:
         check_vision_config(self.student.vision_model, self.data.image_size)
-        if not self.teacher.model:
-            raise ConfigError("teacher.model is not set — pass teacher.model=local-dir:EXPORT_DIR (an open_clip "
-                              "folder, e.g. from scripts/export_open_clip.py) or a built-in name + teacher.weights")
-        if not 0.0 < self.mask.ratio < 1.0:
-            raise ConfigError(f"mask.ratio={self.mask.ratio} must be strictly between 0 and 1")
+        num_masked_for_ratio(patch_grid(self.student.vision_model, self.data.image_size), self.mask.ratio)
+
+    def validate_run(self, run: RunContext) -> None:
+        from common.data.shard_list import require_one_global_batch
+        require_one_global_batch(self.data.train_shards, run.micro_batch, run.world_size)

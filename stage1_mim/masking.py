@@ -20,25 +20,35 @@ from typing import Optional
 
 import numpy as np
 
+from common.config.schema import ConfigError
+
 ATTEMPTS_PER_BLOCK = 10  # BEiT's attempts per rectangle before giving up
 _CHUNK = 32  # uniforms drawn per Generator call
 
 
 def num_masked_for_ratio(grid: tuple[int, int], ratio: float) -> int:
-    """`round(ratio * H * W)`; ValueError unless 0 < ratio < 1 and the result is in [1, H*W - 1]."""
-    if not 0.0 < ratio < 1.0:
-        raise ValueError(f"mask.ratio={ratio} must be strictly between 0 and 1")
+    """`round(ratio * H * W)`; `ConfigError` unless it masks at least 1 patch and leaves at least 1."""
     total = _check_grid(grid)
     n = int(round(ratio * total))
     if not 1 <= n < total:
-        raise ValueError(f"mask.ratio={ratio} masks {n} of the {total} patches of a {grid[0]}x{grid[1]} grid — "
-                         f"choose a ratio that masks at least 1 and leaves at least 1 (or use a larger image)")
+        raise ConfigError(f"mask.ratio={ratio} masks {n} of the {total} patches of a {grid[0]}x{grid[1]} grid — "
+                          f"choose a ratio in (0, 1) that masks at least 1 and leaves at least 1 (or use a larger image)")
     return n
+
+
+def check_mask_shape(min_block: int, max_block: Optional[int], aspect: tuple[float, float]) -> None:
+    """`ConfigError` for block sizes or an aspect range BEiT's block sampler cannot use."""
+    if min_block < 1:
+        raise ConfigError(f"mask.min_block={min_block} must be >= 1")
+    if max_block is not None and max_block < min_block:
+        raise ConfigError(f"mask.max_block={max_block} must be >= mask.min_block={min_block} (or null)")
+    if not 0.0 < aspect[0] <= aspect[1]:
+        raise ConfigError(f"mask.aspect={tuple(aspect)} must be (low, high) with 0 < low <= high")
 
 
 def _check_grid(grid: tuple[int, int]) -> int:
     if len(grid) != 2 or min(grid) < 1:
-        raise ValueError(f"patch grid {grid} must be two positive ints (set by data.image_size / patch size)")
+        raise ConfigError(f"patch grid {grid} must be two positive ints (set by data.image_size / patch size)")
     return int(grid[0]) * int(grid[1])
 
 
@@ -49,16 +59,11 @@ class BlockMaskGenerator:
                  max_block: Optional[int] = None, aspect_range: tuple[float, float] = (0.3, 1 / 0.3)):
         total = _check_grid(grid)
         if not 1 <= num_masked < total:
-            raise ValueError(f"{num_masked} masked patches do not fit a {grid[0]}x{grid[1]} grid "
-                             f"(need 1..{total - 1}) — lower mask.ratio or raise data.image_size")
-        if min_block < 1:
-            raise ValueError(f"mask.min_block={min_block} must be >= 1")
-        if max_block is not None and max_block < min_block:
-            raise ValueError(f"mask.max_block={max_block} must be >= mask.min_block={min_block} (or null)")
+            raise ConfigError(f"{num_masked} masked patches do not fit a {grid[0]}x{grid[1]} grid "
+                              f"(need 1..{total - 1}) — lower mask.ratio or raise data.image_size")
+        check_mask_shape(min_block, max_block, aspect_range)
         max_block = num_masked if max_block is None else max_block  # BEiT's default
         lo, hi = aspect_range
-        if not 0.0 < lo <= hi:
-            raise ValueError(f"mask.aspect={tuple(aspect_range)} must be (low, high) with 0 < low <= high")
         self.grid = (int(grid[0]), int(grid[1]))
         self.num_masked, self.min_block, self.max_block = num_masked, min_block, max_block
         self.log_aspect = (math.log(lo), math.log(hi))

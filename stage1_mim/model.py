@@ -14,7 +14,6 @@ import torch
 from timm.models._manipulate import checkpoint
 from torch import nn
 
-from common.vit import create_eva_trunk, trunk_width
 
 
 class MaskedEvaStudent(nn.Module):
@@ -22,7 +21,7 @@ class MaskedEvaStudent(nn.Module):
 
     Submodules: `trunk` (timm Eva, untouched names), `mask_token` [1,1,width], `head` (LayerNorm, Linear).
     The trunk's pooled path (`fc_norm`, `head`) is never run here; its parameters are frozen so that DDP
-    sees no unused parameters (they stay at their init and still travel in `trunk_state_dict()`).
+    sees no unused parameters (they stay at their init and still travel in the saved trunk).
     """
 
     def __init__(self, trunk: nn.Module, target_dim: int):
@@ -30,7 +29,7 @@ class MaskedEvaStudent(nn.Module):
         if getattr(trunk, "patch_drop", None) is not None:
             raise ValueError("patch dropout drops tokens the MIM loss needs — create the stage-1 trunk with "
                              "patch_drop_rate=0")
-        width = trunk_width(trunk)
+        width = trunk.num_features
         self.trunk = trunk
         self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
         self.head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, target_dim))
@@ -44,10 +43,6 @@ class MaskedEvaStudent(nn.Module):
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.trunk.set_grad_checkpointing(enable)
-
-    def trunk_state_dict(self) -> dict[str, torch.Tensor]:
-        """The trunk's weights under timm's key names (no head, no mask token)."""
-        return self.trunk.state_dict()
 
     def embed(self, images: torch.Tensor, mask: Optional[torch.Tensor]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Patch embedding with masked positions replaced by the mask token, then timm's `_pos_embed`.
@@ -80,10 +75,3 @@ class MaskedEvaStudent(nn.Module):
     def forward(self, images: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         tokens = self.encode(images, mask)[:, self.trunk.num_prefix_tokens:]
         return self.head(tokens)
-
-
-def build_student(model_name: str, img_size: int, target_dim: int,
-                  drop_path_rate: float = 0.0) -> MaskedEvaStudent:
-    """A randomly initialised student on a registered timm Eva (`common.vit.create_eva_trunk`, which calls
-    `timm.create_model(name, pretrained=False, img_size=..., num_classes=0, drop_path_rate=...)`)."""
-    return MaskedEvaStudent(create_eva_trunk(model_name, img_size, drop_path_rate=drop_path_rate), target_dim)

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.config.schema import ConfigError
+
 log = logging.getLogger("evaclip")
 
 
@@ -26,12 +28,12 @@ def load_open_clip(model: str, weights: str = "") -> tuple[nn.Module, dict]:
         clip = open_clip.create_model(model)
     else:
         if not weights:
-            raise ValueError(f"teacher.model '{model}' is a built-in open_clip name: set teacher.weights to "
+            raise ConfigError(f"teacher.model '{model}' is a built-in open_clip name: set teacher.weights to "
                              "a local weights file (nothing is downloaded), or use local-dir:FOLDER")
         try:
             clip = open_clip.create_model(model, pretrained=weights)
         except (RuntimeError, AssertionError, KeyError) as err:  # open_clip's own checks raise all three
-            raise ValueError(f"teacher weights '{weights}' do not match the open_clip config '{model}' "
+            raise ConfigError(f"teacher weights '{weights}' do not match the open_clip config '{model}' "
                              f"({str(err).splitlines()[0][:200]}) — pass the config they were trained with") from err
     return clip, dict(clip.visual.preprocess_cfg) if hasattr(clip.visual, "preprocess_cfg") else {}
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-from common.cli import run_stage
+from common.train.cli import run_stage
+from common.train.engine import TaskFactory
 from stage1_mim.config import Stage1Config
 
 
-def _task(cfg: Stage1Config, init: str | None):
+def _task(cfg: Stage1Config, init: str | None) -> TaskFactory:
     from stage1_mim.task import MimTask
-    return MimTask(cfg)
+    return lambda run: MimTask(cfg, run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,15 +1,19 @@
-"""Stage-2 config schema: CLIP towers, the loss switch, and the shared data/train/optim sections."""
+"""Stage-2 config schema: CLIP towers, the loss switch, and the shared data/train/optim sections.
+Static checks run in `validate()` at load time; checks that need the run (world size, DeepSpeed) in
+`validate_run`."""
 from __future__ import annotations
 
 import importlib.util
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
-from common.config import ConfigError
-from common.vit import check_vision_config
-from common.sections import DataConfig, OptimConfig, TrainConfig
+from common.config.schema import ConfigError
+from common.config.sections import DataConfig, OptimConfig, TrainConfig
+from common.train.context import RunContext
+from common.vision.attention import AttentionBackend, check_attention_backend
+from common.vision.trunk import check_vision_config
+from stage2_contrastive.objective import LossKind, Objective
 
 CLIP_BPE_VOCAB = 49408  # open_clip's bundled BPE tokenizer
 HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -42,20 +46,20 @@ class ModelConfig:
     """open_clip `CustomTextCLIP`: timm Eva vision trunk (registered name) + native text tower."""
     vision_model: str = "eva02_tiny_patch14_224"
     embed_dim: int = field(default=128, metadata={"min": 1})
-    attention: Literal["sdpa", "math", "xformers"] = "sdpa"
+    attention: AttentionBackend = "sdpa"
     drop_path_rate: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})
     patch_dropout: float = field(default=0.0, metadata={"min": 0.0, "max": 0.95})  # FLIP
     grad_checkpointing: bool = False
     vision_lr_scale: float = field(default=1.0, metadata={"min": 0.0})
     vision_weight_decay: Optional[float] = field(default=None, metadata={"min": 0.0})  # None: optim.weight_decay
-    init_logit_scale: Optional[float] = None  # log of the multiplier; None: ln(1/0.07) softmax, ln(10) sigmoid
-    init_logit_bias: Optional[float] = None  # sigmoid only; None: -ln(global batch - 1), see README
+    init_logit_scale: Optional[float] = None  # log of the multiplier; None: the loss's default (objective.py)
+    init_logit_bias: Optional[float] = None  # sigmoid only; None: -ln(B - 1) for B pairs per loss (objective.py)
     text: TextConfig = field(default_factory=TextConfig)
 
 
 @dataclass
 class Stage2Config:
-    loss: Literal["softmax", "sigmoid"] = "softmax"
+    loss: LossKind = "softmax"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(output_dir="runs/stage2"))
@@ -72,19 +76,18 @@ class Stage2Config:
         if not self.model.text.hf_model and self.model.text.width % self.model.text.heads:
             raise ConfigError(f"model.text.width={self.model.text.width} is not divisible by "
                               f"model.text.heads={self.model.text.heads} — change one of them")
-        if self.loss == "softmax" and self.model.init_logit_bias is not None:
-            raise ConfigError("model.init_logit_bias is only used by loss: sigmoid — remove it or set loss=sigmoid")
+        Objective.check(self.loss, self.model.init_logit_bias)
+        check_attention_backend(self.model.attention)
 
-
-def default_logit_scale(loss: str) -> float:
-    """open_clip's / SigLIP's initial log multiplier."""
-    return math.log(1 / 0.07) if loss == "softmax" else math.log(10.0)
-
-
-def default_logit_bias(global_batch: int) -> float:
-    """−ln(B−1): at init every pair scores σ(b) = 1/B, the prior rate of positives in a B×B batch.
-    SigLIP's −10 is this prior for B ≈ 22 000; small CPU batches need the matching, milder value."""
-    return -math.log(max(global_batch - 1, 1))
+    def validate_run(self, run: RunContext) -> None:
+        """Checks that depend on the run: one global batch of data, a text lock that can lift."""
+        from common.data.shard_list import require_one_global_batch
+        require_one_global_batch(self.data.train_shards, run.micro_batch, run.world_size)
+        lock = self.model.text.lock_steps
+        if lock > 0 and (run.world_size > 1 or run.deepspeed):
+            raise ConfigError(f"model.text.lock_steps={lock} (a lock lifted during training) needs a single "
+                              "process without DeepSpeed: DDP/ZeRO fix the trained parameter set when they "
+                              "wrap the model — use model.text.lock_steps=-1 (always) or 0 (never)")
 
 
 def resolve_hf_folder(value: str) -> Path:

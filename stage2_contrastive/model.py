@@ -14,35 +14,30 @@ from typing import Any
 import open_clip
 import torch
 from open_clip.model import CustomTextCLIP
-
 from torch import nn
 
-from common.checkpoint import load_weights
-from common.optim import no_decay_names
-from common.vit import create_eva_trunk
-from stage2_contrastive.config import (ModelConfig, TextConfig, default_logit_bias, default_logit_scale,
-                                       resolve_hf_folder)
+from common.artifacts import load_weights
+from common.config.schema import ConfigError
+from common.train.optim import no_decay_names
+from common.vision.trunk import create_eva_trunk
+from stage2_contrastive.config import ModelConfig, TextConfig, resolve_hf_folder
+from stage2_contrastive.objective import Objective
 
 log = logging.getLogger("evaclip")
 
 
-def open_clip_model_cfg(cfg: ModelConfig, loss: str, image_size: int, global_batch: int) -> dict[str, Any]:
+def open_clip_model_cfg(cfg: ModelConfig, objective: Objective, image_size: int) -> dict[str, Any]:
     """The `model_cfg` dict open_clip builds this model from (vision tower named by `timm_model_name`)."""
-    model_cfg: dict[str, Any] = {
+    return {
         "custom_text": True,  # open_clip builds CustomTextCLIP (towers under `visual.*` / `text.*`)
         "nonscalar_logit_scale": True,  # [1]-shaped scale/bias: DeepSpeed cannot broadcast 0-d params
         "embed_dim": cfg.embed_dim,
-        "init_logit_scale": cfg.init_logit_scale if cfg.init_logit_scale is not None
-        else default_logit_scale(loss),
+        **objective.model_cfg(),
         "vision_cfg": {"timm_model_name": cfg.vision_model, "timm_model_pretrained": False,
                        "timm_pool": "avg", "timm_proj": "linear", "image_size": image_size,
                        "timm_drop_path": cfg.drop_path_rate, "patch_dropout": cfg.patch_dropout},
         "text_cfg": text_tower_cfg(cfg.text),
     }
-    if loss == "sigmoid":
-        model_cfg["init_logit_bias"] = (cfg.init_logit_bias if cfg.init_logit_bias is not None
-                                        else default_logit_bias(global_batch))
-    return model_cfg
 
 
 HF_POOLERS = {"mean": "mean_pooler", "cls": "cls_last_hidden_state_pooler"}  # open_clip's pooler names
@@ -59,13 +54,14 @@ def text_tower_cfg(text: TextConfig) -> dict[str, Any]:
             "hf_model_pretrained": True, "hf_pooler_type": HF_POOLERS[text.hf_pooler], "hf_proj_type": "linear"}
 
 
-def build_clip(cfg: ModelConfig, loss: str, image_size: int, global_batch: int) -> CustomTextCLIP:
-    """A randomly initialised CLIP; the vision trunk is re-created at `image_size` (open_clip 3.3's
-    `TimmModel` does not forward `img_size` to timm) with identical parameter names."""
-    model_cfg = open_clip_model_cfg(cfg, loss, image_size, global_batch)
+def build_clip(cfg: ModelConfig, objective: Objective, image_size: int) -> CustomTextCLIP:
+    """A randomly initialised CLIP whose forward returns a dict (`output_dict=True`: image_features,
+    text_features, logit_scale, logit_bias); the vision trunk is re-created at `image_size` (open_clip
+    3.3's `TimmModel` does not forward `img_size` to timm) with identical parameter names."""
+    model_cfg = open_clip_model_cfg(cfg, objective, image_size)
     vision_cfg = dict(model_cfg["vision_cfg"], patch_dropout=0.0)  # no throwaway 224-px trunk kwargs
     model_cfg.pop("custom_text")
-    model = CustomTextCLIP(**dict(model_cfg, vision_cfg=vision_cfg))
+    model = CustomTextCLIP(**dict(model_cfg, vision_cfg=vision_cfg), output_dict=True)
     model.visual.trunk = create_eva_trunk(cfg.vision_model, image_size, drop_path_rate=cfg.drop_path_rate,
                                           patch_drop_rate=cfg.patch_dropout, attention=cfg.attention)
     model.visual.image_size = (image_size, image_size)
@@ -95,12 +91,12 @@ def load_text_tower(model: CustomTextCLIP, path: str) -> None:
     state = load_weights(path)
     text_state = {k[len("text."):]: v for k, v in state.items() if k.startswith("text.")}
     if not text_state:
-        raise ValueError(f"'{path}' holds no 'text.*' tensors — model.text.weights must be an open_clip "
+        raise ConfigError(f"'{path}' holds no 'text.*' tensors — model.text.weights must be an open_clip "
                          "CustomTextCLIP checkpoint (e.g. an exported open_clip_model.safetensors)")
     own = model.text.state_dict()
     for key, value in text_state.items():
         if key in own and own[key].shape != value.shape:
-            raise ValueError(f"text tower shape mismatch for '{key}': checkpoint {tuple(value.shape)} vs "
+            raise ConfigError(f"text tower shape mismatch for '{key}': checkpoint {tuple(value.shape)} vs "
                              f"model {tuple(own[key].shape)} — set model.text.* to the checkpoint's config")
     model.text.load_state_dict(text_state, strict=True)
     log.info("text tower initialised from %s (%d tensors)", path, len(text_state))
@@ -163,9 +159,3 @@ def text_param_groups(text: nn.Module, weight_decay: float, lr_scale: float, lay
                                                       "weight_decay": 0.0 if no_decay else weight_decay})
         group["params"].append(param)
     return list(groups.values())
-
-
-def clamp_logit_scale(model: CustomTextCLIP, max_log: float = 4.605170185988092) -> None:
-    """Keep the learned log multiplier in [0, ln 100] (as open_clip's trainer does after each step)."""
-    with torch.no_grad():
-        model.logit_scale.clamp_(0, max_log)

@@ -19,10 +19,17 @@ TINY_STAGE2 = [
 ]
 
 
+def single_process_run(micro_batch: int = 8) -> "RunContext":
+    """The RunContext of one CPU process without DeepSpeed (tasks built outside the engine)."""
+    from common.train.context import RunContext
+    return RunContext(rank=0, world_size=1, device=torch.device("cpu"), micro_batch=micro_batch, grad_accum=1,
+                      precision="fp32", deepspeed=False)
+
+
 @pytest.fixture(scope="session")
 def fmnist_shards(tmp_path_factory) -> Path:
     """512 train / 128 test Fashion-MNIST samples in 128-sample shards, with classnames.txt."""
-    from common.shards import ShardOptions, make_shards
+    from common.datasets.shard_writer import ShardOptions, make_shards
     out = tmp_path_factory.mktemp("fmnist_shards")
     make_shards(ShardOptions(source="fashion-mnist", out=str(out), samples_per_shard=128,
                              max_train=512, max_test=128, seed=0))

@@ -10,8 +10,8 @@ from typing import Any, Iterable
 import torch
 from safetensors.torch import load_file
 
-from common.checkpoint import checkpoint_name
-from common.metrics_log import read_metrics
+from common.artifacts import checkpoint_dir
+from common.artifacts import read_metrics
 
 
 def losses(run_dir: Path) -> dict[int, float]:
@@ -43,7 +43,7 @@ def assert_resumed_exactly(resumed: Path, reference: Path, from_step: int, world
     and its losses and final weights are bit-identical to those of the uninterrupted run `reference`."""
     starts = [(r["step"], r["resumed_from"] and Path(r["resumed_from"]).name, r["world_size"])
               for r in start_records(resumed)]
-    assert starts == [(0, None, world_size), (from_step, checkpoint_name(from_step), world_size)], starts
+    assert starts == [(0, None, world_size), (from_step, checkpoint_dir('.', from_step).name, world_size)], starts
     steps = [r["step"] for r in loss_records(reference)]
     assert steps == list(range(1, len(steps) + 1)), steps
     assert [r["step"] for r in loss_records(resumed)] == steps  # no step re-run or lost

@@ -9,12 +9,20 @@ import timm
 import torch
 import torch.nn.functional as F
 
-import common.attention
-from common.attention import (BACKENDS, XformersEvaAttention, attention_backend, set_attention_backend,
-                              xformers_unavailable_reason)
+import common.vision.attention
+from common.vision.attention import (BACKENDS, XformersEvaAttention, set_attention_backend,
+                                     xformers_unavailable_reason)
 
 HAS_XFORMERS = importlib.util.find_spec("xformers") is not None
 NUM_BLOCKS_TINY = 12
+
+
+def attention_backend(model: torch.nn.Module) -> str | None:
+    """The backend `model`'s Eva attention modules run: None when it has none, 'mixed' if they differ."""
+    from timm.models.eva import EvaAttention
+    names = {"xformers" if isinstance(m, XformersEvaAttention) else "sdpa" if m.fused_attn else "math"
+             for m in model.modules() if isinstance(m, EvaAttention)}
+    return None if not names else names.pop() if len(names) == 1 else "mixed"
 
 
 def tiny_eva(**kwargs) -> torch.nn.Module:
@@ -107,7 +115,7 @@ def test_xformers_missing_says_which_extra_to_install(model):
 
 def test_xformers_on_cpu_tensors_says_use_sdpa(monkeypatch):
     if not HAS_XFORMERS:  # the CPU check comes before the kernel: only the import is stubbed
-        monkeypatch.setattr(common.attention, "_memory_efficient_attention", lambda: None)
+        monkeypatch.setattr(common.vision.attention, "_memory_efficient_attention", lambda: None)
     model = tiny_eva()
     assert set_attention_backend(model, "xformers") == NUM_BLOCKS_TINY
     assert isinstance(model.blocks[0].attn, XformersEvaAttention)
@@ -146,8 +154,8 @@ def test_xformers_forward_mirrors_timm_with_a_reference_kernel(monkeypatch, vari
         calls.append(1)
         return reference_xformers_kernel(*args, **kwargs)
 
-    monkeypatch.setattr(common.attention, "_memory_efficient_attention", lambda: None)
-    monkeypatch.setattr(common.attention, "xformers_attention", counting_kernel)
+    monkeypatch.setattr(common.vision.attention, "_memory_efficient_attention", lambda: None)
+    monkeypatch.setattr(common.vision.attention, "xformers_attention", counting_kernel)
     model = tiny_eva(**VARIANTS[variant])
     for block in model.blocks:
         block.attn.qkv_bias_separate = variant == "qkv_bias_separate"

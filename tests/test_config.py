@@ -7,7 +7,9 @@ from typing import Literal, Optional
 import pytest
 import yaml
 
-from common.config import ConfigError, load_config, parse_cli, save_config
+from common.config.schema import ConfigError, load_config
+from common.train.cli import parse_cli
+from common.artifacts import CONFIG_FILE, read_config, write_config
 
 
 @dataclass
@@ -71,9 +73,9 @@ def test_missing_file_is_a_clear_error(tmp_path):
 
 def test_saved_config_round_trips(tmp_path):
     cfg = load_config(Outer, None, ["train.betas=[0.5, 0.6]", "label=hello"])
-    save_config(cfg, tmp_path / "config.yaml")
-    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["train"]["betas"] == [0.5, 0.6]
-    assert load_config(Outer, tmp_path / "config.yaml") == cfg
+    write_config(tmp_path, cfg)
+    assert yaml.safe_load((tmp_path / CONFIG_FILE).read_text())["train"]["betas"] == [0.5, 0.6]
+    assert read_config(tmp_path, Outer) == cfg
 
 
 def test_cli_has_the_three_named_flags():
@@ -87,3 +89,9 @@ def test_project_configs_load():
     assert cfg.loss == "sigmoid" and cfg.model.vision_model == "eva02_tiny_patch14_224"
     with pytest.raises(ConfigError, match="use one of: 'softmax', 'sigmoid'"):
         load_config(Stage2Config, "configs/stage2/fmnist_tiny.yaml", ["loss=hinge"])
+
+
+def test_override_of_a_section_beside_a_nested_section_without_a_file():
+    from stage2_contrastive.config import Stage2Config
+    cfg = load_config(Stage2Config, None, ["data.image_size=28", "data.augment.hflip=true"])
+    assert cfg.data.image_size == 28 and cfg.data.augment.hflip is True

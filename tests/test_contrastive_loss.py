@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stage2_contrastive.loss import ContrastiveLoss
+from stage2_contrastive.objective import ContrastiveLoss
 
 BATCH, DIM, TOL = 8, 16, 1e-6
 

@@ -13,7 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from stage2_contrastive.loss import ContrastiveLoss
+from stage2_contrastive.objective import ContrastiveLoss
 from tests.launch import free_port
 
 GLOBAL_BATCH, DIM, TOL = 8, 16, 1e-6
@@ -89,6 +89,7 @@ def assert_ranks_equal_one_process(ranks: list[dict[str, torch.Tensor]], single:
                                    msg=lambda m, name=name: f"{name} gradient: {m}")
 
 
+@pytest.mark.slow  # two gloo processes
 @pytest.mark.parametrize("kind", KINDS)
 def test_two_ranks_equal_one_process_on_the_concatenated_batch(kind, two_ranks):
     single = loss_and_grads(kind, 0, 1)  # a plain call, no process group

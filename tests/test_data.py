@@ -1,4 +1,4 @@
-"""common/data.py: shard lists, the deterministic training stream, skip counting, the eval stream."""
+"""common/data/: shard lists, the deterministic training stream, skip counting, the eval stream."""
 from __future__ import annotations
 
 import functools
@@ -11,8 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from common import data
-from common.shards import Record, _NoBar, encode_png, write_split
+from common.config.schema import ConfigError
+from common.data import shard_list, streams
+from common.datasets.shard_writer import Record, _NoBar, encode_png, write_split
 
 N_SHARDS, PER_SHARD = 4, 10  # sample id i: an 8×8 gray image filled with value i, class i % 3
 
@@ -52,9 +53,9 @@ def take(loader, n: int) -> list[dict]:
 
 
 def train_loader(shards: Path, seed: int = 0, **kw) -> object:
-    urls = kw.pop("urls", None) or data.resolve_shards(str(shards))
+    urls = kw.pop("urls", None) or shard_list.resolve_shards(str(shards))
     args = {"rank": 0, "world_size": 1, "num_workers": 0, "shuffle_buffer": 16, "map_sample": identify, **kw}
-    return data.make_train_loader(urls, batch_size=8, seed=seed, **args)
+    return streams.make_train_loader(urls, batch_size=8, seed=seed, **args)
 
 
 def ids(batches: list[dict]) -> list[int]:
@@ -62,25 +63,23 @@ def ids(batches: list[dict]) -> list[int]:
 
 
 def test_resolve_shards_folder_brace_and_comma_list(shards):
-    urls = data.resolve_shards(str(shards))
+    urls = shard_list.resolve_shards(str(shards))
     assert [Path(u).name for u in urls] == [f"shard-{i:06d}.tar" for i in range(N_SHARDS)]
-    assert data.resolve_shards(f"{shards}/shard-{{000001..000002}}.tar") == urls[1:3]
-    assert data.resolve_shards(f"{urls[3]},{shards}/shard-{{000000,000001}}.tar") == [urls[3], *urls[:2]]
-    assert data.read_classnames(str(shards)) == ["a", "b", "c"]
-    assert data.dataset_size(str(shards)) == N_SHARDS * PER_SHARD
+    assert shard_list.resolve_shards(f"{shards}/shard-{{000001..000002}}.tar") == urls[1:3]
+    assert shard_list.resolve_shards(f"{urls[3]},{shards}/shard-{{000000,000001}}.tar") == [urls[3], *urls[:2]]
+    assert shard_list.read_classnames(str(shards)) == ["a", "b", "c"]
+    assert sum(shard_list.shard_sizes(urls)) == N_SHARDS * PER_SHARD
 
 
 def test_resolve_shards_no_match_names_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no shards match '.*nothing' — run scripts/make_shards.py"):
-        data.resolve_shards(str(tmp_path / "nothing"))
+        shard_list.resolve_shards(str(tmp_path / "nothing"))
 
 
-def test_check_enough_data_rejects_less_than_one_global_batch(shards):
-    assert data.check_enough_data(str(shards), 20, 2) == 40
-    with pytest.raises(ValueError, match="fewer than one global batch"):
-        data.check_enough_data(str(shards), 16, 3)
-    with pytest.raises(ValueError, match="fewer than one global batch"):
-        data.make_train_loader(data.resolve_shards(str(shards)), identify, 32, seed=0, world_size=2)
+def test_shards_holding_less_than_one_global_batch_are_a_config_error(shards):
+    shard_list.require_one_global_batch(str(shards), 20, 2)  # 40 samples: exactly one global batch
+    with pytest.raises(ConfigError, match="fewer than one global batch"):
+        shard_list.require_one_global_batch(str(shards), 16, 3)
 
 
 def test_train_loader_is_deterministic_for_a_seed(shards):
@@ -108,7 +107,7 @@ def test_ranks_read_disjoint_shards(shards):
 
 
 def test_truncated_tar_is_skipped_counted_and_training_continues(shards, tmp_path):
-    urls = data.resolve_shards(str(shards))
+    urls = shard_list.resolve_shards(str(shards))
     broken = tmp_path / "truncated.tar"
     raw = Path(urls[0]).read_bytes()
     broken.write_bytes(raw[: len(raw) // 2 + 100])
@@ -124,7 +123,7 @@ def test_map_sample_errors_are_skipped_and_counted(shards):
 
 
 def test_two_workers_are_deterministic_and_report_skips(shards, tmp_path):
-    urls = data.resolve_shards(str(shards))
+    urls = shard_list.resolve_shards(str(shards))
     broken = tmp_path / "truncated.tar"
     broken.write_bytes(Path(urls[1]).read_bytes()[:3000])
     kw = {"urls": [*urls, str(broken)], "num_workers": 2, "map_sample": fail_on_multiples_of_7}
@@ -143,8 +142,8 @@ def test_eval_skips_are_exact(shards, tmp_path):
     records = [Record(i, functools.partial(_png, i), 0) for i in range(5)]
     records.append(Record(5, _garbage, 0))
     write_split(records, bad, "train", 100, _NoBar())
-    urls = [*data.resolve_shards(str(shards)), *data.resolve_shards(str(bad))]
-    batches = list(data.make_eval_loader(urls, fail_on_multiples_of_7, 16))
+    urls = [*shard_list.resolve_shards(str(shards)), *shard_list.resolve_shards(str(bad))]
+    batches = list(streams.make_eval_loader(urls, fail_on_multiples_of_7, 16))
     emitted = ids(batches)
     assert len(emitted) == 40 - 6 + 5 - 1  # ids 0, 7, …, 35 fail in map; one undecodable image
     assert sum(int(b["skipped"].sum()) for b in batches) == 6 + 1 + 1  # + the bad shard's id 0
@@ -152,23 +151,23 @@ def test_eval_skips_are_exact(shards, tmp_path):
 
 @pytest.mark.parametrize("split_by", ["shards", "samples"])
 def test_eval_loader_covers_every_sample_once_across_two_ranks(shards, tmp_path, split_by):
-    urls = data.resolve_shards(str(shards))
+    urls = shard_list.resolve_shards(str(shards))
     if split_by == "samples":  # no sizes.json → split by sample index
         for url in urls:
             shutil.copy(url, tmp_path)
-        urls = data.resolve_shards(str(tmp_path))
-    per_rank = [list(data.make_eval_loader(urls, identify, 7, rank=r, world_size=2)) for r in range(2)]
+        urls = shard_list.resolve_shards(str(tmp_path))
+    per_rank = [list(streams.make_eval_loader(urls, identify, 7, rank=r, world_size=2)) for r in range(2)]
     all_ids = [i for batches in per_rank for i in ids(batches)]
     assert sorted(all_ids) == list(range(N_SHARDS * PER_SHARD))
-    assert ids(per_rank[0]) == ids(list(data.make_eval_loader(urls, identify, 7, rank=0, world_size=2)))
+    assert ids(per_rank[0]) == ids(list(streams.make_eval_loader(urls, identify, 7, rank=0, world_size=2)))
     assert any(len(b["id"]) < 7 for b in per_rank[0])  # last partial batch kept
-    first_ten = list(data.make_eval_loader(urls, identify, 4, rank=0, world_size=1, max_samples=10))
+    first_ten = list(streams.make_eval_loader(urls, identify, 4, rank=0, world_size=1, max_samples=10))
     assert len(ids(first_ten)) == 10
 
 
 def test_eval_loader_workers_decode_the_same_samples_in_parallel(shards):
-    urls = data.resolve_shards(str(shards))
-    in_process = ids(list(data.make_eval_loader(urls, identify, 7, rank=1, world_size=2)))
-    workers = list(data.make_eval_loader(urls, identify, 7, rank=1, world_size=2, num_workers=2))
+    urls = shard_list.resolve_shards(str(shards))
+    in_process = ids(list(streams.make_eval_loader(urls, identify, 7, rank=1, world_size=2)))
+    workers = list(streams.make_eval_loader(urls, identify, 7, rank=1, world_size=2, num_workers=2))
     assert sorted(ids(workers)) == sorted(in_process) and len(ids(workers)) == len(in_process)
     assert ids(workers) != in_process  # really interleaved from two workers, not one reading everything

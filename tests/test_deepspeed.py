@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from common.checkpoint import complete_checkpoints
+from common.artifacts import complete_checkpoints
 from tests.conftest import TINY_STAGE2
 from tests.launch import ROOT, subprocess_env, torchrun
 from tests.run_records import loss_records, start_records

@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from common.checkpoint import complete_checkpoints
-from common.config import ConfigError, load_config
-from common.engine import NonFiniteError, train
-from common.metrics_log import read_metrics
+from common.artifacts import complete_checkpoints
+from common.config.schema import ConfigError, load_config
+from common.train.engine import NonFiniteError, train
+from common.artifacts import read_metrics
 from tests.launch import ROOT, subprocess_env, torchrun
 from tests.run_records import assert_resumed_exactly, losses
 from tests.tasks.linear_task import Crash, LinearConfig, LinearTask
@@ -21,7 +21,7 @@ from tests.tasks.linear_task import Crash, LinearConfig, LinearTask
 
 def run(tmp_path: Path, *overrides: str, resume: str | None = None) -> list[dict]:
     cfg = load_config(LinearConfig, None, [f"train.output_dir={tmp_path}", *overrides])
-    train(LinearTask(cfg), cfg, resume=resume)
+    train(cfg, lambda run: LinearTask(cfg, run), resume=resume)
     return read_metrics(tmp_path)
 
 

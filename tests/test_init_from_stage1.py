@@ -9,26 +9,29 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from common.trunk_io import TrunkMismatchError
-from common.vit import create_eva_trunk
+from common.config.schema import ConfigError
+from common.vision.trunk_io import TrunkMismatchError
+from common.vision.trunk import create_eva_trunk
 from stage1_mim.model import MaskedEvaStudent
 from stage2_contrastive.config import ModelConfig, TextConfig
-from stage2_contrastive.init import init_vision_from_stage1
+from stage2_contrastive.from_stage1 import init_vision_from_stage1
 from stage2_contrastive.model import build_clip
+from stage2_contrastive.objective import Objective
 
 State = dict[str, torch.Tensor]
 TINY_TEXT = TextConfig(context_length=8, width=32, heads=2, layers=1)
 
 
 def clip(image_size: int = 28, name: str = "eva02_tiny_patch14_224"):
-    return build_clip(ModelConfig(vision_model=name, embed_dim=16, text=TINY_TEXT), "softmax", image_size, 8)
+    cfg = ModelConfig(vision_model=name, embed_dim=16, text=TINY_TEXT)
+    return build_clip(cfg, Objective.from_config("softmax", cfg, 8), image_size)
 
 
 def stage1_trunk_file(tmp_path, image_size: int = 28, edit: Callable[[State], State] = lambda state: state):
     """A stage-1 student trunk saved as `student_trunk.safetensors`, after `edit(state) -> state`."""
     torch.manual_seed(1)
     student = MaskedEvaStudent(create_eva_trunk("eva02_tiny_patch14_224", image_size), target_dim=16)
-    state = edit(dict(student.trunk_state_dict()))
+    state = edit(dict(student.trunk.state_dict()))
     file = tmp_path / "student_trunk.safetensors"
     save_file({k: v.contiguous() for k, v in state.items()}, str(file))
     return file, state
@@ -62,7 +65,7 @@ def test_wrong_architecture_names_both_shapes(tmp_path):
 
 
 def test_missing_init_path_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="stage-1 run folder"):
+    with pytest.raises(ConfigError, match="stage-1 run folder"):
         init_vision_from_stage1(clip(), tmp_path / "nope")
 
 

@@ -18,10 +18,11 @@ import psutil
 import pytest
 from PIL import Image
 
-from common.checkpoint import complete_checkpoints
+from common.artifacts import complete_checkpoints
 from tests.conftest import TINY_STAGE2
 from tests.launch import ROOT, free_port, subprocess_env, torchrun
 from tests.run_records import assert_resumed_exactly, loss_records, losses, start_records, write_tar
+from tests.conftest import single_process_run
 
 RUN = ["train.steps=12", "train.save_every=3", "step_sleep=0.15"]
 
@@ -88,8 +89,8 @@ def bad_shard_dir(fmnist_shards: Path, tmp_path: Path) -> Path:
 
 @pytest.mark.slow
 def test_bad_samples_are_skipped_counted_exactly_and_training_goes_on(fmnist_shards, tmp_path):
-    from common.config import load_config
-    from common.engine import data_seed
+    from common.config.schema import load_config
+    from common.train.engine import data_seed
     from stage2_contrastive.config import Stage2Config
     from stage2_contrastive.task import ContrastiveTask
     from stage2_contrastive.train import main
@@ -101,7 +102,7 @@ def test_bad_samples_are_skipped_counted_exactly_and_training_goes_on(fmnist_sha
     counted = [r["skipped_samples"] for r in loss_records(out)]
     # the skips in the 25 batches the run drew, read off the same stream (seeded as the engine seeds it)
     cfg = load_config(Stage2Config, out / "config.yaml")
-    stream = ContrastiveTask(cfg).train_batches(data_seed(cfg.train.seed, 0), rank=0, world_size=1)
+    stream = ContrastiveTask(cfg, single_process_run(cfg.train.batch_size)).train_batches(data_seed(cfg.train.seed, 0))
     drawn = itertools.accumulate(int(batch["skipped"].sum()) for batch in itertools.islice(stream, 25))
     assert counted == list(drawn) and counted[-1] > 0
 

@@ -1,11 +1,18 @@
 """Stage-1 student: shapes, mask-token insertion, faithfulness to timm's forward, state-dict names."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import timm
 import torch
+from safetensors.torch import load_file
 
-from stage1_mim.model import MaskedEvaStudent, build_student
+from common.artifacts import TRUNK_FILE, TrunkInfo, read_trunk_info
+from common.vision.trunk import create_eva_trunk
+from stage1_mim.config import Stage1Config, StudentConfig
+from stage1_mim.model import MaskedEvaStudent
+from stage1_mim.task import MimTask
 
 MODEL, IMG, TARGET_DIM = "eva02_tiny_patch14_224", 56, 24  # 4x4 grid of 14-px patches
 
@@ -13,7 +20,7 @@ MODEL, IMG, TARGET_DIM = "eva02_tiny_patch14_224", 56, 24  # 4x4 grid of 14-px p
 @pytest.fixture(scope="module")
 def student() -> MaskedEvaStudent:
     torch.manual_seed(0)
-    return build_student(MODEL, IMG, TARGET_DIM).eval()
+    return MaskedEvaStudent(create_eva_trunk(MODEL, IMG), TARGET_DIM).eval()
 
 
 def _inputs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,7 +83,7 @@ def block_runs_in_forward_backward(student: MaskedEvaStudent, images: torch.Tens
 
 def test_grad_checkpointing_recomputes_blocks_with_same_outputs_and_grads():
     torch.manual_seed(0)
-    model = build_student(MODEL, 28, TARGET_DIM)  # 2x2 grid
+    model = MaskedEvaStudent(create_eva_trunk(MODEL, 28), TARGET_DIM)  # 2x2 grid
     images, mask = torch.randn(2, 3, 28, 28), torch.tensor([[True, False, False, True], [False, True, False, False]])
     results = []
     for enable in (False, True):
@@ -91,15 +98,18 @@ def test_grad_checkpointing_recomputes_blocks_with_same_outputs_and_grads():
         torch.testing.assert_close(plain, checkpointed)
 
 
-def test_trunk_state_dict_has_timm_keys_only(student):
+def test_saved_trunk_has_timm_keys_only(student, tmp_path):
     reference = timm.create_model(MODEL, pretrained=False, img_size=IMG, num_classes=0)
-    assert list(student.trunk_state_dict()) == list(reference.state_dict())
-    assert not any("mask_token" in k or k.startswith("0.") for k in student.trunk_state_dict())
+    cfg = Stage1Config(student=StudentConfig(vision_model=MODEL))
+    MimTask.save_weights(SimpleNamespace(cfg=cfg), student.state_dict(), tmp_path)  # the task's own writer
+    saved = load_file(str(tmp_path / TRUNK_FILE))
+    assert sorted(saved) == sorted(reference.state_dict())
+    assert read_trunk_info(tmp_path / TRUNK_FILE) == TrunkInfo(MODEL, cfg.data.image_size)
 
 
 def test_gradient_reaches_mask_token_and_every_trainable_parameter():
     torch.manual_seed(0)
-    model = build_student(MODEL, 28, TARGET_DIM).train()
+    model = MaskedEvaStudent(create_eva_trunk(MODEL, 28), TARGET_DIM).train()
     images, mask = torch.randn(2, 3, 28, 28), torch.tensor([[True, False, False, True], [False, True, False, False]])
     model(images, mask).square().mean().backward()
     assert model.mask_token.grad is not None and model.mask_token.grad.abs().sum() > 0

@@ -12,10 +12,10 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from common.config import load_config
-from common.engine import Trainer
+from common.config.schema import load_config
+from common.train.engine import Trainer
 from common.export import export_open_clip
-from common.metrics_log import read_metrics
+from common.artifacts import read_metrics
 from stage1_mim.config import Stage1Config
 from stage1_mim.loss import masked_cosine_loss
 from stage1_mim.task import MimTask
@@ -25,6 +25,7 @@ from stage2_contrastive.train import main as stage2_main
 from tests.conftest import TINY_STAGE2
 from tests.test_stage1_model import block_runs_in_forward_backward
 from tests.test_teacher import STUDENT_GRID, STUDENT_NORM, reference_targets, save_native_vit_folder
+from tests.conftest import single_process_run
 
 STAGE1 = "configs/stage1/fmnist_tiny.yaml"
 STAGE2 = "configs/stage2/fmnist_tiny.yaml"
@@ -83,13 +84,13 @@ def stage1_run(fmnist_shards, teacher_export, tmp_path_factory) -> Stage1Run:
     overrides = stage1_overrides(fmnist_shards, out, teacher_export, f"train.steps={STAGE1_STEPS}",
                                  "student.grad_checkpointing=true")
     cfg = load_config(Stage1Config, STAGE1, overrides)
-    task = MimTask(cfg)
-    teacher_before = clone_state(task.teacher)
-    trainer = Trainer(task, cfg, cfg.train, cfg.optim)
+    trainer = Trainer(cfg, lambda run: MimTask(cfg, run))
+    task = trainer.task
+    teacher_before = clone_state(task.teacher)  # built, not yet trained
     try:
         student = trainer.accelerator.unwrap_model(trainer.model)
         torch.manual_seed(0)
-        batch = next(iter(task.train_batches(seed=12345, rank=0, world_size=1)))
+        batch = next(iter(task.train_batches(seed=12345)))
         images, mask = batch["image"], batch["mask"].bool()
         loss_before = probe_loss(student, task.teacher, images, mask)
         trainer.fit()
@@ -149,7 +150,8 @@ def test_student_grad_checkpointing_from_the_config_is_in_effect(fmnist_shards, 
     runs = {}
     for enabled in (False, True):
         cfg = load_config(Stage1Config, STAGE1, [*overrides, f"student.grad_checkpointing={enabled}"])
-        runs[enabled] = block_runs_in_forward_backward(MimTask(cfg).build_model(), images, mask)
+        task = MimTask(cfg, single_process_run(cfg.train.batch_size))
+        runs[enabled] = block_runs_in_forward_backward(task.build_model(), images, mask)
     assert runs == {False: 1, True: 2}  # checkpointed blocks are recomputed in backward
 
 

@@ -8,6 +8,7 @@ from torch import nn
 
 from stage2_contrastive.config import ModelConfig, TextConfig
 from stage2_contrastive.model import build_clip
+from stage2_contrastive.objective import Objective
 
 IMAGE_SIZE, BATCH = 28, 2
 
@@ -29,8 +30,8 @@ def block_forward_calls(model: nn.Module) -> dict[str, int]:
     images = torch.randn(BATCH, 3, IMAGE_SIZE, IMAGE_SIZE, generator=gen)
     texts = torch.randint(1, 1000, (BATCH, 8), generator=gen)
     model.train()
-    image_features, text_features, _ = model(images, texts)
-    (image_features * text_features).sum().backward()
+    out = model(images, texts)
+    (out["image_features"] * out["text_features"]).sum().backward()
     for hook in hooks:
         hook.remove()
     return calls
@@ -43,7 +44,8 @@ def block_forward_calls(model: nn.Module) -> dict[str, int]:
 ], ids=["off", "both_towers", "text_only"])
 def test_grad_checkpointing_recomputes_the_configured_towers(both, text_only, expected):
     torch.manual_seed(0)
-    model = build_clip(tiny_model_cfg(both, text_only), "softmax", IMAGE_SIZE, global_batch=BATCH)
+    cfg = tiny_model_cfg(both, text_only)
+    model = build_clip(cfg, Objective.from_config("softmax", cfg, BATCH), IMAGE_SIZE)
     assert model.visual.trunk.grad_checkpointing is (expected["vision"] == 2)
     assert model.text.transformer.grad_checkpointing is (expected["text"] == 2)
     assert block_forward_calls(model) == expected

@@ -13,15 +13,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from common.checkpoint import load_weights
-from common.config import load_config
-from common.engine import data_seed
-from common.metrics_log import read_metrics
+from common.artifacts import load_weights
+from common.config.schema import load_config
+from common.train.engine import data_seed
+from common.artifacts import read_metrics
 from stage2_contrastive.config import Stage2Config
 from stage2_contrastive.task import ContrastiveTask
 from stage2_contrastive.train import main
 from tests.launch import ROOT, subprocess_env
 from tests.run_records import assert_resumed_exactly, loss_records, losses, write_tar
+from tests.conftest import single_process_run
 
 CONFIG = "configs/stage2/fmnist_tiny.yaml"
 
@@ -30,12 +31,12 @@ def loss_on_its_batches(run: Path, steps: int) -> tuple[float, float]:
     """Mean contrastive loss (eval mode) of the run's initial model and of its final weights on the `steps`
     batches it trained on (its stream, drawn again as the engine seeds it)."""
     cfg = load_config(Stage2Config, run / "config.yaml")
-    task = ContrastiveTask(cfg)
+    task = ContrastiveTask(cfg, single_process_run(cfg.train.batch_size))
     torch.manual_seed(cfg.train.seed)  # as the engine seeds it before building the model
     initial = task.build_model().eval()
     trained = task.build_model().eval()
     trained.load_state_dict(load_weights(run / "model.safetensors"), strict=True)
-    stream = task.train_batches(data_seed(cfg.train.seed, 0), rank=0, world_size=1)
+    stream = task.train_batches(data_seed(cfg.train.seed, 0))
     batches = list(itertools.islice(stream, steps))
     with torch.no_grad():
         return tuple(sum(float(task.training_loss(model, b)[0]) for b in batches) / steps
@@ -135,7 +136,7 @@ def test_two_processes_under_accelerate_launch(stage2_overrides, tmp_path):
 def test_per_tower_weight_decay_and_lr_reach_the_param_groups(stage2_overrides):
     cfg = load_config(Stage2Config, CONFIG, [*stage2_overrides, "optim.weight_decay=0.1", "model.text.weight_decay=0.02",
                                              "model.vision_weight_decay=0.3", "model.text.lr_scale=0.5"])
-    task = ContrastiveTask(cfg)
+    task = ContrastiveTask(cfg, single_process_run(cfg.train.batch_size))
     model = task.build_model()
     groups = {id(p): g for g in task.param_groups(model) for p in g["params"]}
     text_w = model.text.transformer.resblocks[0].mlp.c_fc.weight

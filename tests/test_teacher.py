@@ -19,6 +19,7 @@ from torch import nn
 from stage1_mim.teacher import FrozenTeacher, build_teacher
 from stage2_contrastive.config import ModelConfig, TextConfig
 from stage2_contrastive.model import build_clip
+from stage2_contrastive.objective import Objective
 
 Norm = tuple[Sequence[float], Sequence[float]]
 TEACHER_SIZE, PATCH, EMBED_DIM = 28, 14, 16  # teacher: 2x2 patches of 14 px
@@ -63,7 +64,8 @@ def timm_tower_teacher() -> FrozenTeacher:
     """This project's CLIP (timm Eva trunk, avg pool → per-token fc_norm, linear head) as a teacher."""
     torch.manual_seed(0)
     text = TextConfig(context_length=8, width=32, heads=2, layers=1)
-    clip = build_clip(ModelConfig(embed_dim=EMBED_DIM, text=text), "softmax", TEACHER_SIZE, 8)
+    model_cfg = ModelConfig(embed_dim=EMBED_DIM, text=text)
+    clip = build_clip(model_cfg, Objective.from_config("softmax", model_cfg, 8), TEACHER_SIZE)
     with torch.no_grad():  # a non-trivial fc_norm, so a target that skipped it would differ
         clip.visual.trunk.fc_norm.weight.uniform_(0.5, 1.5)
         clip.visual.trunk.fc_norm.bias.normal_(0, 0.5)

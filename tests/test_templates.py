@@ -1,16 +1,15 @@
-"""The one prompt-template module (common/templates.py): open_clip's template sets, captions from class
-labels, and the zero-shot classifier for any text encoder."""
+"""The one prompt-template module (common/data/templates.py): open_clip's template sets, captions from
+class labels, and the zero-shot classifier for any text encoder."""
 from __future__ import annotations
 
-import random
+from typing import get_args
 
-import numpy as np
 import pytest
 import torch
 from open_clip import OPENAI_IMAGENET_TEMPLATES
 
-from common.templates import (TEMPLATE_SETS, build_zeroshot_classifier, caption_of, eval_caption,
-                              get_templates, random_caption)
+from common.config.sections import TemplateSetName
+from common.data.templates import TEMPLATE_SETS, build_zeroshot_classifier, caption_of, get_templates, render
 
 CLASSES = ["t-shirt", "trouser", "sneaker", "bag"]
 
@@ -18,9 +17,13 @@ CLASSES = ["t-shirt", "trouser", "sneaker", "bag"]
 def test_template_sets_are_open_clips():
     assert len(get_templates("openai")) == 80 and get_templates("openai") is OPENAI_IMAGENET_TEMPLATES
     assert len(get_templates("simple")) == 7
-    assert eval_caption("bag", get_templates("short")) == "a photo of a bag."
-    assert eval_caption("bag", get_templates("openai")) == "a bad photo of a bag."
-    assert eval_caption("bag", get_templates("simple")) == "itap of a bag."
+    assert render(get_templates("short")[0], "bag") == "a photo of a bag."
+    assert render(get_templates("openai")[0], "bag") == "a bad photo of a bag."
+    assert render(get_templates("simple")[0], "bag") == "itap of a bag."
+
+
+def test_template_set_names_are_the_configs_choices():
+    assert set(TEMPLATE_SETS) == set(get_args(TemplateSetName))
 
 
 def test_unknown_template_set_names_the_config_key_and_valid_names():
@@ -30,17 +33,15 @@ def test_unknown_template_set_names_the_config_key_and_valid_names():
 
 
 def test_format_string_templates_work_like_callables():
-    assert eval_caption("bag", ["a {} on a table"]) == "a bag on a table"
+    assert render("a {} on a table", "bag") == "a bag on a table"
 
 
-@pytest.mark.parametrize("make_rng", [random.Random, np.random.default_rng])
-def test_random_caption_is_deterministic_given_the_seed_and_uses_many_templates(make_rng):
-    templates = get_templates("openai")
-    first = [random_caption("bag", make_rng(0), templates) for _ in range(3)]
-    assert len(set(first)) == 1  # same seed, same caption
-    rng_a, rng_b = make_rng(5), make_rng(5)
-    stream = [random_caption("bag", rng_a, templates) for _ in range(40)]
-    assert stream == [random_caption("bag", rng_b, templates) for _ in range(40)]
+def test_training_captions_follow_torchs_rng_and_use_many_templates():
+    templates, meta = get_templates("openai"), {"cls": 3}
+    torch.manual_seed(5)
+    stream = [caption_of(meta, CLASSES, templates) for _ in range(40)]
+    torch.manual_seed(5)
+    assert stream == [caption_of(meta, CLASSES, templates) for _ in range(40)]  # seeded per loader worker
     assert len(set(stream)) > 10 and all("bag" in c for c in stream)
 
 

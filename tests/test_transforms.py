@@ -1,4 +1,4 @@
-"""The one augmentation module (common/transforms.py): shapes, normalisation, RGB conversion, flips,
+"""The one augmentation module (common/data/transforms.py): shapes, normalisation, RGB conversion, flips,
 and an eval transform identical to what open_clip rebuilds from the exported preprocess_cfg."""
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ import torch
 from open_clip.transform import AugmentationCfg, PreprocessCfg, image_transform_v2
 from PIL import Image
 
-from common.transforms import AugmentConfig, eval_transform, preprocess_cfg, train_transform
+from common.config.schema import ConfigError, load_config
+from common.config.sections import AugmentConfig
+from common.data.transforms import eval_transform, preprocess_cfg, train_transform
+from stage2_contrastive.config import Stage2Config
 
 SIZE = 28
 
@@ -88,9 +91,9 @@ def test_preprocess_cfg_holds_what_open_clip_stores():
     assert PreprocessCfg(**cfg).input_size == (3, SIZE, SIZE)
 
 
-@pytest.mark.parametrize("bad, key", [({"scale": (0.0, 1.0)}, "data.augment.scale"),
-                                      ({"interpolation": "nearest"}, "data.augment.interpolation"),
-                                      ({"resize_mode": "crop"}, "data.augment.resize_mode")])
-def test_bad_augment_config_names_the_key(bad, key):
-    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
-        train_transform(SIZE, AugmentConfig(**bad))
+@pytest.mark.parametrize("bad, key", [("scale=[0.0, 1.0]", "data.augment.scale"),
+                                      ("interpolation=nearest", "data.augment.interpolation"),
+                                      ("resize_mode=crop", "data.augment.resize_mode")])
+def test_bad_augment_config_names_the_key_at_load_time(bad, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(Stage2Config, None, [f"data.augment.{bad}"])

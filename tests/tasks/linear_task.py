@@ -16,9 +16,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from common.config import load_config
-from common.optim import tower_param_groups
-from common.sections import OptimConfig, TrainConfig
+from common.config.schema import load_config
+from common.train.optim import tower_param_groups
+from common.config.sections import OptimConfig, TrainConfig
+from common.train.context import RunContext
 
 
 @dataclass
@@ -37,8 +38,8 @@ class Crash(RuntimeError):
 
 
 class LinearTask:
-    def __init__(self, cfg: LinearConfig):
-        self.cfg, self.step = cfg, 0
+    def __init__(self, cfg: LinearConfig, run: RunContext):
+        self.cfg, self.run, self.step = cfg, run, 0
         self.w_true = torch.tensor([[1.0], [-2.0], [0.5], [3.0]])
 
     def build_model(self) -> nn.Module:
@@ -47,8 +48,8 @@ class LinearTask:
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
         return tower_param_groups(model, self.cfg.optim.weight_decay)
 
-    def train_batches(self, seed: int, rank: int, world_size: int) -> Iterator[dict[str, Any]]:
-        gen = torch.Generator().manual_seed(seed * 7919 + rank)
+    def train_batches(self, seed: int) -> Iterator[dict[str, Any]]:
+        gen = torch.Generator().manual_seed(seed * 7919 + self.run.rank)
         while True:
             x = torch.randn(self.cfg.train.batch_size, 4, generator=gen)
             yield {"x": x, "y": x @ self.w_true + 0.01 * torch.randn(x.shape[0], 1, generator=gen)}
@@ -69,13 +70,13 @@ class LinearTask:
     def after_optimizer_step(self, model: nn.Module, step: int) -> None:
         pass
 
-    def evaluate(self, model: nn.Module, accelerator: Any, final: bool = False) -> dict[str, float]:
-        seen = {"world": accelerator.num_processes, "rank": accelerator.process_index,
+    def evaluate(self, model: nn.Module, final: bool = False) -> dict[str, float]:
+        seen = {"world": self.run.world_size, "rank": self.run.rank,
                 "dist": torch.distributed.is_initialized() and torch.distributed.get_world_size()}
-        out = Path(self.cfg.train.output_dir, f"world_rank{accelerator.process_index}.json")
+        out = Path(self.cfg.train.output_dir, f"world_rank{self.run.rank}.json")
         out.write_text(json.dumps(seen))
         x = torch.randn(64, 4, generator=torch.Generator().manual_seed(123))
-        return {"mse": float(nn.functional.mse_loss(model(x.to(accelerator.device)).cpu(), x @ self.w_true))}
+        return {"mse": float(nn.functional.mse_loss(model(x.to(self.run.device)).cpu(), x @ self.w_true))}
 
     def save_weights(self, state_dict: dict[str, torch.Tensor], out_dir: Path) -> None:
         save_file({k: v.contiguous().float().cpu() for k, v in state_dict.items()},
@@ -83,11 +84,11 @@ class LinearTask:
 
 
 def main(argv: list[str]) -> None:
-    from common.engine import train
+    from common.train.engine import train
     resume = argv[argv.index("--resume") + 1] if "--resume" in argv else None
     overrides = [a for a in argv[1:] if a not in ("--resume", resume)]
     cfg = load_config(LinearConfig, None, [f"train.output_dir={argv[0]}", *overrides])
-    train(LinearTask(cfg), cfg, resume=resume)
+    train(cfg, lambda run: LinearTask(cfg, run), resume=resume)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from common.accel import make_accelerator
-from common.config import load_config
+from common.train.accelerator import make_accelerator, run_context
+from common.config.schema import load_config
 from stage2_contrastive.config import Stage2Config
 from stage2_contrastive.task import ContrastiveTask
 from tests.conftest import TINY_STAGE2
@@ -34,24 +34,24 @@ def stage2_config(kind: str, shard_dir: str, world_size: int) -> Stage2Config:
         *TINY_STAGE2, f"train.batch_size={GLOBAL_BATCH // world_size}"])
 
 
-def make_task(cfg: Stage2Config, rank: int, world_size: int) -> ContrastiveTask:
-    """The task under test, for process `rank` of `world_size`. Today the task reads both from
-    accelerate's PartialState (the accelerator is created first); a task that is handed them gets them here."""
-    return ContrastiveTask(cfg)
+def make_task(cfg: Stage2Config, accelerator: Any) -> ContrastiveTask:
+    """The task under test, handed the run context the engine builds from this process's accelerator."""
+    return ContrastiveTask(cfg, run_context(accelerator, cfg.train))
 
 
 def global_batch(task: ContrastiveTask) -> dict[str, torch.Tensor]:
     """GLOBAL_BATCH seeded images [G, 3, S, S] and tokenized captions of distinct classes [G, context]."""
     size = task.cfg.data.image_size
     images = torch.randn(GLOBAL_BATCH, 3, size, size, generator=torch.Generator().manual_seed(0))
-    captions = [f"a photo of a {task.classnames[i % len(task.classnames)]}." for i in range(GLOBAL_BATCH)]
+    classnames = task.data.classnames
+    captions = [f"a photo of a {classnames[i % len(classnames)]}." for i in range(GLOBAL_BATCH)]
     return {"image": images, "text": task.tokenizer(captions)}
 
 
 def run_step(kind: str, shard_dir: str, accelerator: Any) -> dict[str, Any]:
     """This process's loss and the parameter gradients after backward (DDP-averaged under DDP)."""
     rank, world_size = accelerator.process_index, accelerator.num_processes
-    task = make_task(stage2_config(kind, shard_dir, world_size), rank, world_size)
+    task = make_task(stage2_config(kind, shard_dir, world_size), accelerator)
     torch.manual_seed(0)  # as the engine does before build_model: the same initial weights everywhere
     model = accelerator.prepare(task.build_model())
     model.train()
@@ -66,7 +66,7 @@ def run_step(kind: str, shard_dir: str, accelerator: Any) -> dict[str, Any]:
 
 
 def main(out_dir: str, shard_dir: str) -> None:
-    from common.sections import TrainConfig
+    from common.config.sections import TrainConfig
     accelerator = make_accelerator(TrainConfig())  # the engine's accelerator: DDP over gloo on CPU
     for kind in KINDS:
         result = run_step(kind, shard_dir, accelerator)

@@ -1,7 +1,7 @@
 """A tiny regression task whose batches are consecutive slices of ONE fixed sample stream (a seeded pool
 of POOL samples, cycled), so K micro-batches of B samples hold exactly the samples of one batch of K·B.
 No dropout, mean-squared error: a batch's loss is the mean of its samples' losses. For engine tests of
-gradient accumulation, run in-process: `common.engine.train(StreamTask(cfg), cfg)`.
+gradient accumulation, run in-process: `common.train.engine.train(cfg, lambda run: StreamTask(cfg, run))`.
 """
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from common.optim import tower_param_groups
-from common.sections import OptimConfig, TrainConfig
+from common.train.optim import tower_param_groups
+from common.config.sections import OptimConfig, TrainConfig
+from common.train.context import RunContext
 
 POOL = 64
 
@@ -27,8 +28,8 @@ class StreamConfig:
 
 
 class StreamTask:
-    def __init__(self, cfg: StreamConfig):
-        self.cfg = cfg
+    def __init__(self, cfg: StreamConfig, run: RunContext):
+        self.cfg, self.run = cfg, run
 
     def build_model(self) -> nn.Module:
         return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
@@ -36,9 +37,9 @@ class StreamTask:
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
         return tower_param_groups(model, self.cfg.optim.weight_decay)
 
-    def train_batches(self, seed: int, rank: int, world_size: int) -> Iterator[dict[str, torch.Tensor]]:
+    def train_batches(self, seed: int) -> Iterator[dict[str, torch.Tensor]]:
         """Batches of `train.batch_size` rows [B, 4] → targets [B, 1], consecutive in the pool."""
-        gen = torch.Generator().manual_seed(seed * 7919 + rank)
+        gen = torch.Generator().manual_seed(seed * 7919 + self.run.rank)
         x = torch.randn(POOL, 4, generator=gen)
         y = torch.sin(x @ torch.randn(4, 1, generator=gen))
         batch, start = self.cfg.train.batch_size, 0
@@ -53,7 +54,7 @@ class StreamTask:
     def after_optimizer_step(self, model: nn.Module, step: int) -> None:
         pass
 
-    def evaluate(self, model: nn.Module, accelerator: Any, final: bool = False) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, final: bool = False) -> dict[str, float]:
         return {}
 
     def save_weights(self, state_dict: dict[str, torch.Tensor], out_dir: Path) -> None:

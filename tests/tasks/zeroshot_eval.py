@@ -99,19 +99,19 @@ def random_case(seed: int = 0, rows: int = 40, dim: int = 16, noise: float = 2.0
 CASES: dict[str, Callable[[], EvalCase]] = {"ranked": ranked_case, "random": random_case}
 
 
-def evaluate_case(case: EvalCase, accelerator: Any) -> dict[str, float]:
-    """`evaluate_clip` on this rank's slice of `case`."""
+def evaluate_case(case: EvalCase, rank: int = 0, world_size: int = 1) -> dict[str, float]:
+    """`evaluate_clip` on rank `rank`'s slice of `case` (a collective when `world_size` > 1)."""
     from stage2_contrastive.zeroshot import evaluate_clip
-    return evaluate_clip(lambda images: images, case.encode_text,
-                         case.batches(accelerator.process_index, accelerator.num_processes),
-                         case.classnames, case.templates, accelerator)
+    return evaluate_clip(lambda images: images, case.encode_text, case.batches(rank, world_size),
+                         case.classnames, case.templates)
 
 
 def main(out_dir: str) -> None:
-    from common.accel import make_accelerator
-    from common.sections import TrainConfig
+    from common.train.accelerator import make_accelerator
+    from common.config.sections import TrainConfig
     accelerator = make_accelerator(TrainConfig())  # the engine's accelerator: gloo on CPU
-    metrics = {name: evaluate_case(make(), accelerator) for name, make in CASES.items()}
+    rank, world_size = accelerator.process_index, accelerator.num_processes
+    metrics = {name: evaluate_case(make(), rank, world_size) for name, make in CASES.items()}
     if accelerator.is_main_process:
         Path(out_dir, f"metrics_world{accelerator.num_processes}.json").write_text(json.dumps(metrics))
     accelerator.wait_for_everyone()

@@ -1,10 +1,18 @@
-"""Config sections both stages share: training loop, optimizer, data. Stage schemas compose them."""
+"""Config sections both stages share: training loop, optimizer, data and augmentation. Stage schemas
+compose them. Choices are `Literal` types declared here once; the loader checks them at load time."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal
 
-from common.transforms import AugmentConfig
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+from common.config.schema import ConfigError
+
+Precision = Literal["fp32", "bf16", "fp16"]
+TemplateSetName = Literal["openai", "simple", "short"]  # common.data.templates.TEMPLATE_SETS
+Interpolation = Literal["bicubic", "bilinear"]  # what open_clip's PreprocessCfg accepts
+ResizeMode = Literal["shortest", "longest", "squash"]
 
 
 @dataclass
@@ -14,7 +22,7 @@ class TrainConfig:
     steps: int = field(default=100, metadata={"min": 1})
     batch_size: int = field(default=64, metadata={"min": 1})
     grad_accum: int = field(default=1, metadata={"min": 1})
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Precision = "fp32"
     seed: int = 0
     log_every: int = field(default=10, metadata={"min": 1})
     eval_every: int = field(default=0, metadata={"min": 0})  # 0: evaluate only at the end
@@ -29,7 +37,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         if self.deepspeed:
-            from common.accel import read_deepspeed_json
+            from common.config.deepspeed_json import read_deepspeed_json
             read_deepspeed_json(self.deepspeed)  # exists, parses, names a ZeRO stage that exists
 
 
@@ -47,6 +55,23 @@ class OptimConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Config section `data.augment`: the train crop/flip and the normalisation both transforms use."""
+    scale: tuple[float, float] = (0.5, 1.0)  # RandomResizedCrop area range
+    hflip: bool = False
+    mean: tuple[float, float, float] = OPENAI_DATASET_MEAN
+    std: tuple[float, float, float] = OPENAI_DATASET_STD
+    interpolation: Interpolation = "bicubic"
+    resize_mode: ResizeMode = "shortest"  # eval resize: shortest side + center crop (open_clip's default)
+
+    def validate(self) -> None:
+        if not 0.0 < self.scale[0] <= self.scale[1] <= 1.0:
+            raise ConfigError(f"data.augment.scale={list(self.scale)} must satisfy 0 < min <= max <= 1")
+        if min(self.std) <= 0:
+            raise ConfigError(f"data.augment.std={list(self.std)} must be > 0 in every channel")
+
+
+@dataclass
 class DataConfig:
     """Webdataset shards as written by scripts/make_shards.py (a folder, brace pattern or comma list)."""
     train_shards: str = "data/fashion-mnist/train"
@@ -54,7 +79,7 @@ class DataConfig:
     num_workers: int = field(default=1, metadata={"min": 0})
     shuffle_buffer: int = field(default=2000, metadata={"min": 0})
     image_size: int = field(default=56, metadata={"min": 8})
-    templates: str = "simple"  # prompt-template set: captions from labels and zero-shot classifiers
+    templates: TemplateSetName = "simple"  # prompt-template set: captions from labels and zero-shot classifiers
     eval_batch_size: int = field(default=256, metadata={"min": 1})
     eval_max_samples: int = field(default=0, metadata={"min": 0})  # periodic evals: first N of the split; 0: all
     final_eval_max_samples: int = field(default=0, metadata={"min": 0})  # the end-of-run eval; 0: all

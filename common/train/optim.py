@@ -12,7 +12,7 @@ import torch
 from timm.optim import create_optimizer_v2, param_groups_layer_decay, param_groups_weight_decay
 from torch import nn
 
-from common.sections import OptimConfig
+from common.config.sections import OptimConfig
 
 # Parameters that never get weight decay besides 1-D ones (norms, biases): embeddings, tokens, logit scale/bias.
 NO_DECAY_MARKERS = ("embed", "token", "logit_scale", "logit_bias", "positional_embedding")
@@ -42,8 +42,7 @@ def tower_param_groups(module: nn.Module, weight_decay: float, lr_scale: float =
 
 def build_optimizer(groups: Iterable[dict[str, Any]], cfg: OptimConfig) -> torch.optim.Optimizer:
     """AdamW (torch's, fused kernel) or LAMB (timm's) over `groups`, made by timm's factory; each group's
-    lr = cfg.lr × its lr_scale. Fused AdamW: 11 ms vs 80 ms per step for the 12 M-parameter CPU model
-    (scripts/bench_train_step.py, BENCHMARKS.md)."""
+    lr = cfg.lr × its lr_scale. AdamW uses torch's fused kernel (its speed-up: BENCHMARKS.md)."""
     groups = [dict(g, params=list(g["params"]), lr=cfg.lr * g.get("lr_scale", 1.0)) for g in groups]
     fused = {"fused": True} if cfg.name == "adamw" else {}
     return create_optimizer_v2(groups, opt=cfg.name, lr=cfg.lr, weight_decay=cfg.weight_decay,

@@ -115,7 +115,7 @@ def _holdout(records: list[Record], test_fraction: float, seed: int) -> dict[str
 
 
 def fashion_mnist_source(root: Optional[str]) -> Source:
-    from common.fashion_mnist import CLASSNAMES, load_split, locate_fashion_mnist
+    from common.datasets.fashion_mnist import CLASSNAMES, load_split, locate_fashion_mnist
     folder = locate_fashion_mnist(Path(root) if root else None)
     splits = {}
     for split in SPLITS:

@@ -1,4 +1,4 @@
-"""The ONE image encoder both stages use: timm's `Eva` by registered name (DESIGN.md contract 1).
+"""The ONE image encoder both stages use: timm's `Eva` by registered name (docs/ARCHITECTURE.md, "One ViT").
 
 Built exactly as open_clip's `TimmModel` builds its trunk (`num_classes=0`, `global_pool`), plus the
 `img_size` override open_clip 3.3 does not forward; parameter names stay timm's, so stage 1 → stage 2
@@ -11,8 +11,14 @@ import re
 import timm
 from torch import nn
 
-from common.attention import set_attention_backend
-from common.config import ConfigError
+from common.config.schema import ConfigError
+from common.vision.attention import AttentionBackend, set_attention_backend
+
+
+def patch_size(model_name: str) -> int:
+    """The patch size a registered name carries (`…_patch14_…` → 14; 16 when the name has none)."""
+    match = re.search(r"patch(\d+)", model_name)
+    return int(match.group(1)) if match else 16
 
 
 def check_vision_config(model_name: str, img_size: int) -> None:
@@ -21,16 +27,21 @@ def check_vision_config(model_name: str, img_size: int) -> None:
     if not model_name.startswith(("eva", "vit_")) or not timm.is_model(model_name):
         raise ConfigError(f"unknown vision model '{model_name}' — use a registered timm Eva name such as "
                           "eva02_tiny_patch14_224 (config key: model.vision_model)")
-    match = re.search(r"patch(\d+)", model_name)
-    patch = int(match.group(1)) if match else 16
+    patch = patch_size(model_name)
     if img_size % patch:
         raise ConfigError(f"image size {img_size} is not divisible by the patch size {patch} of "
                           f"{model_name} — set data.image_size to a multiple of {patch}")
 
 
+def patch_grid(model_name: str, img_size: int) -> tuple[int, int]:
+    """The (rows, cols) patch grid of `model_name` at `img_size`, without building the model."""
+    side = img_size // patch_size(model_name)
+    return side, side
+
+
 def create_eva_trunk(model_name: str, img_size: int, *, global_pool: str = "avg",
                      drop_path_rate: float = 0.0, patch_drop_rate: float = 0.0,
-                     attention: str = "sdpa") -> nn.Module:
+                     attention: AttentionBackend = "sdpa") -> nn.Module:
     """A randomly initialised timm Eva without classifier: `forward(images [B,3,S,S]) -> [B, width]`."""
     check_vision_config(model_name, img_size)
     kwargs = {"drop_path_rate": drop_path_rate}
@@ -39,14 +50,9 @@ def create_eva_trunk(model_name: str, img_size: int, *, global_pool: str = "avg"
     trunk = timm.create_model(model_name, pretrained=False, img_size=img_size, num_classes=0,
                               global_pool=global_pool, **kwargs)
     if not hasattr(trunk, "rope"):
-        raise ValueError(f"'{model_name}' is not a timm Eva model — use an eva02_* name")
+        raise ConfigError(f"'{model_name}' is not a timm Eva model — use an eva02_* name (model.vision_model)")
+    if tuple(trunk.patch_embed.grid_size) != patch_grid(model_name, img_size):
+        raise ConfigError(f"'{model_name}' has patch grid {tuple(trunk.patch_embed.grid_size)} at {img_size} px, "
+                          f"not the {patch_grid(model_name, img_size)} its name implies — use an eva02_*_patchN_* name")
     set_attention_backend(trunk, attention)
     return trunk
-
-
-def trunk_width(trunk: nn.Module) -> int:
-    return trunk.num_features
-
-
-def grid_size(trunk: nn.Module) -> tuple[int, int]:
-    return tuple(trunk.patch_embed.grid_size)

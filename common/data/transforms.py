@@ -8,45 +8,18 @@ Grayscale / palette / RGBA inputs become 3-channel RGB; every output is `[3, S, 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
-from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from PIL import Image
 from torchvision import transforms as T
 
-INTERPOLATIONS = ("bicubic", "bilinear")  # what open_clip's PreprocessCfg accepts
-RESIZE_MODES = ("shortest", "longest", "squash")
-
-
-@dataclass
-class AugmentConfig:
-    """Config section `data.augment`."""
-    scale: tuple[float, float] = (0.5, 1.0)  # RandomResizedCrop area range
-    hflip: bool = False
-    mean: tuple[float, float, float] = OPENAI_DATASET_MEAN
-    std: tuple[float, float, float] = OPENAI_DATASET_STD
-    interpolation: str = "bicubic"
-    resize_mode: str = "shortest"  # eval resize: shortest side + center crop (open_clip's default)
-
-
-def check_augment_config(cfg: AugmentConfig) -> None:
-    """One-line errors naming the `data.augment.*` key and its valid values."""
-    if not 0.0 < cfg.scale[0] <= cfg.scale[1] <= 1.0:
-        raise ValueError(f"data.augment.scale={list(cfg.scale)} must satisfy 0 < min <= max <= 1")
-    if cfg.interpolation not in INTERPOLATIONS:
-        raise ValueError(f"data.augment.interpolation='{cfg.interpolation}' — use one of {INTERPOLATIONS}")
-    if cfg.resize_mode not in RESIZE_MODES:
-        raise ValueError(f"data.augment.resize_mode='{cfg.resize_mode}' — use one of {RESIZE_MODES}")
-    if len(cfg.mean) != 3 or len(cfg.std) != 3 or min(cfg.std) <= 0:
-        raise ValueError(f"data.augment.mean/std need 3 values each, std > 0 (got {cfg.mean}, {cfg.std})")
+from common.config.sections import AugmentConfig
 
 
 def preprocess_cfg(image_size: int, cfg: AugmentConfig) -> dict[str, Any]:
     """The `preprocess_cfg` dict open_clip stores in `open_clip_config.json` (`PreprocessCfg` fields)."""
-    check_augment_config(cfg)
     return {"size": image_size, "mode": "RGB", "mean": [float(v) for v in cfg.mean],
             "std": [float(v) for v in cfg.std], "interpolation": cfg.interpolation,
             "resize_mode": cfg.resize_mode, "fill_color": 0}
@@ -59,7 +32,6 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 def train_transform(image_size: int, cfg: AugmentConfig) -> Callable[[Image.Image], torch.Tensor]:
     """PIL image → augmented `[3, S, S] float32`, normalised with cfg.mean/std (torch RNG)."""
-    check_augment_config(cfg)
     steps: list[Callable] = [to_rgb, T.RandomResizedCrop(
         image_size, scale=tuple(cfg.scale), interpolation=T.InterpolationMode(cfg.interpolation))]
     if cfg.hflip:

@@ -1,9 +1,10 @@
 """The ONE training loop both stages run, on accelerate (DDP, mixed precision, DeepSpeed ZeRO).
 
-A stage hands `train()` a `Task`: it builds the model and its param groups, makes the data stream,
-computes the loss of a batch and evaluates. The engine owns everything else: devices, precision,
-gradient accumulation and clipping, optimizer and schedule, the NaN guard, logging, progress bar,
-periodic eval, atomic checkpoints and exact resume.
+A stage hands `train()` its config and a task factory: given the run's `RunContext` (rank, world size,
+device, batch geometry) it makes a `Task`, which builds the model and its param groups, makes the data
+stream, computes the loss of a batch and evaluates. The engine owns everything else: devices,
+precision, gradient accumulation and clipping, optimizer and schedule, the NaN guard, logging, progress
+bar, periodic eval, atomic checkpoints and exact resume. No model is built before the run's seed is set.
 
 Exact resume: the data stream is rebuilt at every checkpoint step from a seed derived from
 (train.seed, step), and accelerate's state holds model, optimizer, scheduler, scaler and RNG; so a run
@@ -15,30 +16,32 @@ import gc
 import logging
 import time
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import torch
 from torch import nn
 
-from common import checkpoint as ckpt
-from common.accel import make_accelerator, shutdown
-from common.config import save_config
-from common.metrics_log import MetricsLogger, read_metrics
-from common.optim import build_optimizer, build_scheduler
-from common.sections import OptimConfig, TrainConfig
+from common.artifacts import EngineState, MetricsFile, checkpoint_dir, complete_checkpoints, write_config
+from common.config.schema import ConfigError
+from common.train import checkpoint as ckpt
+from common.train.accelerator import make_accelerator, run_context, shutdown
+from common.train.context import RunContext
+from common.train.metrics import MetricsLogger
+from common.train.optim import build_optimizer, build_scheduler
 
 log = logging.getLogger("evaclip")
 
 
 class Task(Protocol):
-    """What a stage supplies to the engine."""
+    """What a stage supplies to the engine (made by a `TaskFactory` from the run's `RunContext`)."""
 
-    def build_model(self) -> nn.Module: ...
+    def build_model(self) -> nn.Module:
+        """The model to train, randomly initialised from the seed the engine has just set."""
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]: ...
 
-    def train_batches(self, seed: int, rank: int, world_size: int) -> Iterator[dict[str, Any]]:
-        """An endless, deterministic stream of batches for this rank (a function of its arguments)."""
+    def train_batches(self, seed: int) -> Iterator[dict[str, Any]]:
+        """An endless, deterministic stream of this rank's batches (a function of `seed` and the context)."""
 
     def training_loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict]:
         """The scalar loss of a batch and extra scalars to log (plain floats or 0-d tensors)."""
@@ -47,13 +50,16 @@ class Task(Protocol):
         """Called with the number of optimizer steps done (skipped ones included): after every step,
         and once before the first step of a run, fresh (0) or resumed (the checkpoint's step)."""
 
-    def evaluate(self, model: nn.Module, accelerator: Any, final: bool) -> dict[str, float]:
-        """Called on every rank; returns the (already reduced) metrics, or {}. `final`: the end-of-run
-        evaluation (`data.final_eval_max_samples`, default the whole split), else a periodic one
-        (`data.eval_max_samples`)."""
+    def evaluate(self, model: nn.Module, final: bool) -> dict[str, float]:
+        """Called on every rank with the unwrapped model, under no_grad and the run's autocast; returns the
+        (already reduced) metrics, or {}. `final`: the end-of-run evaluation (`data.final_eval_max_samples`,
+        default the whole split), else a periodic one (`data.eval_max_samples`)."""
 
     def save_weights(self, state_dict: dict[str, torch.Tensor], out_dir: Path) -> None:
-        """Main process only: write the consolidated weights a user exports from (safetensors)."""
+        """Main process only: write the consolidated weights a user exports from (`common.artifacts`)."""
+
+
+TaskFactory = Callable[[RunContext], Task]
 
 
 class NonFiniteError(RuntimeError):
@@ -77,61 +83,65 @@ def _to_device(batch: dict[str, Any], device: torch.device, float_dtype: torch.d
 
 
 class Trainer:
-    """State of one training run; `fit()` runs it. Built by `train()`."""
+    """State of one training run, built from the run's config (its `train` and `optim` sections) and a
+    task factory; `fit()` runs it, `close()` tears the process group down."""
 
-    def __init__(self, task: Task, config: Any, train_cfg: TrainConfig, optim_cfg: OptimConfig,
-                 resume: str | None = None, accelerator: Any = None):
-        self.task, self.cfg, self.optim_cfg = task, train_cfg, optim_cfg
-        self.run_dir = Path(train_cfg.output_dir)
-        self.accelerator = accelerator or make_accelerator(train_cfg)
-        acc = self.accelerator
-        self.is_main = acc.is_main_process
-        if self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(config, self.run_dir / "config.yaml")
+    def __init__(self, config: Any, make_task: TaskFactory, resume: str | None = None):
+        self.config, self.cfg, self.optim_cfg = config, config.train, config.optim
+        self.run_dir = Path(self.cfg.output_dir)
+        self.accelerator = acc = make_accelerator(self.cfg)
+        self.run = run_context(acc, self.cfg)
+        self.is_main, self.is_deepspeed = self.run.is_main, self.run.deepspeed
+        validate_run = getattr(config, "validate_run", None)
+        if callable(validate_run):
+            validate_run(self.run)  # checks that depend on the run (world size, DeepSpeed): ConfigError
         self.resume_from = ckpt.resolve_resume(resume, self.run_dir) if resume else None
-        self.schedule = {"steps": train_cfg.steps,
-                         "global_batch": train_cfg.batch_size * train_cfg.grad_accum * acc.num_processes}
+        self.schedule = {"steps": self.cfg.steps, "global_batch": self.run.global_batch}
         if self.resume_from is not None:
             ckpt.check_same_schedule(self.resume_from, self.schedule)
-        torch.manual_seed(train_cfg.seed)  # identical initial weights on every rank
-        model = task.build_model()
-        optimizer = build_optimizer(task.param_groups(model), optim_cfg)
-        self.scheduler = build_scheduler(optimizer, optim_cfg, train_cfg.steps)
+        if self.is_main:
+            write_config(self.run_dir, config)
+        self.task = make_task(self.run)
+        torch.manual_seed(self.cfg.seed)  # identical initial weights on every rank
+        model = self.task.build_model()
+        optimizer = build_optimizer(self.task.param_groups(model), self.optim_cfg)
+        self.scheduler = build_scheduler(optimizer, self.optim_cfg, self.cfg.steps)
         self.model, self.optimizer = acc.prepare(model, optimizer)
         acc.register_for_checkpointing(self.scheduler)  # stepped by us: once per optimizer step
-        self.is_deepspeed = acc.distributed_type.name == "DEEPSPEED"
-        self.input_dtype = torch.bfloat16 if (self.is_deepspeed and train_cfg.precision == "bf16") else None
+        self.input_dtype = torch.bfloat16 if (self.is_deepspeed and self.cfg.precision == "bf16") else None
         self.step, self.bad_total, self.bad_run, self.skipped_samples = 0, 0, 0, 0
-        torch.manual_seed(train_cfg.seed + acc.process_index)  # per-rank dropout / drop-path
+        torch.manual_seed(self.cfg.seed + self.run.rank)  # per-rank dropout / drop-path
         if self.resume_from is not None:
             self._load(self.resume_from)
-        self.logger = MetricsLogger(self.run_dir, train_cfg.tensorboard, enabled=self.is_main)
+        self.logger = MetricsLogger(self.run_dir, self.cfg.tensorboard, enabled=self.is_main)
 
     # ---- checkpoints -------------------------------------------------------------------------
     def _load(self, path: Path) -> None:
-        self.accelerator.load_state(str(path))
-        state = ckpt.read_engine_state(path)
-        self.step, self.bad_total = state["step"], state.get("bad_steps", 0)
-        self.skipped_samples = state.get("skipped_samples", 0)
+        try:
+            self.accelerator.load_state(str(path))
+        except Exception as err:  # noqa: BLE001 - whatever the loader raises, the checkpoint is unusable
+            first = (str(err).strip().splitlines() or [""])[0][:200]
+            raise ConfigError(f"--resume {path}: cannot load this checkpoint ({type(err).__name__}: {first}) — "
+                              "it is damaged or was written for another model; resume from an earlier "
+                              "checkpoint or train into a new train.output_dir") from err
+        state = EngineState.read(path)
+        self.step, self.bad_total, self.skipped_samples = state.step, state.bad_steps, state.skipped_samples
         if self.is_main:  # drop records the crashed run logged after this checkpoint
-            kept = [r for r in read_metrics(self.run_dir) if r.get("step", 0) <= self.step]
-            (self.run_dir / "metrics.jsonl").write_text("".join(_jsonl(r) for r in kept))
+            MetricsFile(self.run_dir).truncate_after(self.step)
         log.info("resumed from %s at step %d", path, self.step)
 
     def save(self) -> Path:
         """Atomic checkpoint of the whole training state + consolidated weights for export."""
         acc = self.accelerator
-        final = self.run_dir / ckpt.CKPT_DIR / ckpt.checkpoint_name(self.step)
+        final = checkpoint_dir(self.run_dir, self.step)
         tmp = ckpt.temp_path(final)
         acc.save_state(str(tmp))
         acc.wait_for_everyone()  # every rank's RNG/optimizer shard is in `tmp` before it is renamed
         state_dict = acc.get_state_dict(self.model)  # gathers ZeRO-3 shards (collective)
         if self.is_main:
             self.task.save_weights(state_dict, tmp)
-            engine_state = {"step": self.step, "bad_steps": self.bad_total,
-                            "skipped_samples": self.skipped_samples, "schedule": self.schedule}
-            ckpt.finalize(tmp, final, engine_state, self.cfg.keep_last)
+            state = EngineState(self.step, self.bad_total, self.skipped_samples, self.schedule)
+            ckpt.finalize(tmp, final, state, self.cfg.keep_last)
             self.task.save_weights(state_dict, self.run_dir)  # newest weights at the run's top level
         acc.wait_for_everyone()
         return final
@@ -186,7 +196,7 @@ class Trainer:
         self.bad_run += 1
         log.warning("step %d: non-finite %s, step skipped (%d in a row)", self.step + 1, what, self.bad_run)
         if self.bad_run >= self.cfg.max_bad_steps:
-            last = ckpt.complete_checkpoints(self.run_dir)
+            last = complete_checkpoints(self.run_dir)
             where = f"last good checkpoint: {last[-1]}" if last else "no checkpoint was saved yet"
             raise NonFiniteError(f"{self.bad_run} consecutive non-finite steps at step {self.step + 1} — "
                                  f"{where}; lower optim.lr or raise train.grad_clip, then --resume")
@@ -194,9 +204,7 @@ class Trainer:
 
     # ---- the loop ----------------------------------------------------------------------------
     def _batches(self) -> Iterator[dict]:
-        acc = self.accelerator
-        return iter(self.task.train_batches(data_seed(self.cfg.seed, self.step),
-                                            acc.process_index, acc.num_processes))
+        return iter(self.task.train_batches(data_seed(self.cfg.seed, self.step)))
 
     def _log(self, losses: list[torch.Tensor], extras: dict, t0: float, samples: int) -> None:
         acc = self.accelerator
@@ -225,8 +233,8 @@ class Trainer:
 
     def _evaluate(self, final: bool = False) -> None:
         self.model.eval()
-        with torch.no_grad():
-            metrics = self.task.evaluate(self.model, self.accelerator, final)
+        with torch.no_grad(), self.accelerator.autocast():
+            metrics = self.task.evaluate(self.accelerator.unwrap_model(self.model), final)
         if metrics:
             self.logger.log({"step": self.step, "eval": metrics})
             log.info("step %d eval %s", self.step, metrics)
@@ -236,7 +244,7 @@ class Trainer:
         from tqdm.auto import tqdm
         self.bar = tqdm(total=cfg.steps, initial=self.step, desc=str(self.run_dir), dynamic_ncols=True,
                         disable=not (self.is_main and cfg.progress))
-        global_batch = self.schedule["global_batch"]
+        global_batch = self.run.global_batch
         batches, losses, t0, window = self._batches(), [], time.perf_counter(), 0
         self.logger.log(self._start_record())
         self.task.after_optimizer_step(acc.unwrap_model(self.model), self.step)
@@ -269,15 +277,9 @@ class Trainer:
         gc.collect()
 
 
-def _jsonl(record: dict) -> str:
-    import json
-    return json.dumps(record) + "\n"
-
-
-def train(task: Task, config: Any, resume: str | None = None, accelerator: Any = None) -> Path:
-    """Run `task` with `config.train` / `config.optim`; returns the run folder. Pass the accelerator
-    when the task was built after creating it (tasks read rank/world size from accelerate's state)."""
-    trainer = Trainer(task, config, config.train, config.optim, resume, accelerator)
+def train(config: Any, make_task: TaskFactory, resume: str | None = None) -> Path:
+    """Run the task `make_task` builds under `config.train` / `config.optim`; returns the run folder."""
+    trainer = Trainer(config, make_task, resume)
     try:
         return trainer.fit()
     finally:

@@ -1,37 +1,20 @@
-"""Accelerator construction (CPU/GPU, DDP, DeepSpeed ZeRO via accelerate's plugin) and clean shutdown.
+"""Accelerator construction (CPU/GPU, DDP, DeepSpeed ZeRO via accelerate's plugin), the run context it
+implies, and clean shutdown.
 
-CPU specifics measured in CPU_NOTES.md: gloo backend; DeepSpeed needs `DS_ACCELERATOR=cpu` set before
-it is imported, and its shared-memory comm op (a ~40 s JIT compile) is switched off.
+On CPU (docs/ARCHITECTURE.md, "What runs where"): gloo backend; DeepSpeed needs `DS_ACCELERATOR=cpu` set
+before it is imported, and its shared-memory comm op (a JIT compile at start-up) is switched off.
 """
 from __future__ import annotations
 
 import gc
-import json
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from common.config import ConfigError
-from common.sections import TrainConfig
-
-ZERO_STAGES = (0, 1, 2, 3)
-
-
-def read_deepspeed_json(path: str) -> dict[str, Any]:
-    """A DeepSpeed JSON (`train.deepspeed`), checked: it exists, parses, and its ZeRO stage exists."""
-    if not Path(path).is_file():
-        raise ConfigError(f"DeepSpeed config '{path}' not found — set train.deepspeed to one of "
-                          "configs/deepspeed/zero{1,2,3}.json")
-    try:
-        ds = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"DeepSpeed config '{path}' is not valid JSON ({err}) — fix the file") from err
-    stage = ds.get("zero_optimization", {}).get("stage", 0)
-    if stage not in ZERO_STAGES:
-        raise ConfigError(f"ZeRO stage {stage!r} in '{path}' does not exist — use 0, 1, 2 or 3")
-    return ds
+from common.config.deepspeed_json import read_deepspeed_json
+from common.config.sections import TrainConfig
+from common.train.context import RunContext
 
 
 def load_deepspeed_config(path: str, cfg: TrainConfig) -> dict[str, Any]:
@@ -74,8 +57,16 @@ def make_accelerator(cfg: TrainConfig):
                        gradient_accumulation_steps=cfg.grad_accum, kwargs_handlers=handlers, **kwargs)
 
 
+def run_context(accelerator: Any, cfg: TrainConfig) -> RunContext:
+    """The `RunContext` of this process under `accelerator`."""
+    return RunContext(rank=accelerator.process_index, world_size=accelerator.num_processes,
+                      device=accelerator.device, micro_batch=cfg.batch_size, grad_accum=cfg.grad_accum,
+                      precision=cfg.precision, deepspeed=accelerator.distributed_type.name == "DEEPSPEED")
+
+
 def shutdown(accelerator: Any, model: Any) -> None:
-    """Tear down cleanly (ZeRO-3 can abort at exit otherwise: CPU_NOTES.md)."""
+    """Tear down cleanly: without the barrier, engine destroy and collection first, ZeRO-3 aborts at exit in
+a third to a half of CPU runs (`terminate called without an active exception`)."""
     accelerator.wait_for_everyone()
     if hasattr(model, "destroy"):  # a DeepSpeed engine
         model.destroy()

@@ -8,7 +8,6 @@ from, and the closest valid key or the allowed values.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import difflib
 import types
@@ -130,7 +129,7 @@ def _section_defaults(field: dataclasses.Field) -> dict[str, Any]:
         default = field.default
     else:
         return {}
-    return {f.name: getattr(default, f.name) for f in dataclasses.fields(default)}
+    return dataclasses.asdict(default)  # nested sections as dicts too, so overrides merge into them
 
 
 def _deep_merge(base: dict, update: dict) -> dict:
@@ -205,22 +204,3 @@ def to_dict(cfg: Any) -> dict[str, Any]:
             return [plain(x) for x in v]
         return v
     return plain(dataclasses.asdict(cfg))
-
-
-def save_config(cfg: Any, path: str | Path) -> None:
-    """Write the resolved config as YAML (the `config.yaml` next to a run's outputs)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-
-
-def parse_cli(argv: typing.Sequence[str] | None, description: str) -> argparse.Namespace:
-    """The CLI both stages share: `--config`, `--init`, `--resume` and `key=value` overrides."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--config", required=True, help="YAML config (see configs/)")
-    parser.add_argument("--init", default=None, help="weights to initialise from (stage 2: a stage-1 run)")
-    parser.add_argument("--resume", default=None,
-                        help="run folder or checkpoint to resume; 'auto' = newest in train.output_dir")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.steps=100")
-    # the `deepspeed` launcher appends --local_rank=N (the rank also comes through the environment)
-    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
-    return parser.parse_args(argv)

@@ -10,11 +10,13 @@ import torch
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
+from common.config.schema import ConfigError
+
 log = logging.getLogger("evaclip")
 
 
-class TrunkMismatchError(ValueError):
-    """A checkpoint that does not fit the trunk (another architecture or width)."""
+class TrunkMismatchError(ConfigError):
+    """A checkpoint that does not fit the trunk (another architecture or width): a one-line error."""
 
 
 def _resample_pos_embed(value: torch.Tensor, trunk: nn.Module) -> torch.Tensor:

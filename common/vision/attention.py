@@ -1,4 +1,5 @@
-"""Attention backend for timm `Eva` towers (DESIGN.md contract 2; config key `model.attention`).
+"""Attention backend for timm `Eva` towers (docs/ARCHITECTURE.md, "Attention backends"; config keys
+`model.attention`, `student.attention`).
 
 - `sdpa` (default): `F.scaled_dot_product_attention` — timm's own fused path (`fused_attn=True`).
 - `math` (reference): explicit `softmax(q k^T * scale) v` — timm's unfused path (`fused_attn=False`).
@@ -10,7 +11,7 @@ No backend adds, removes or renames a parameter or buffer: the state dict is ide
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Literal, Optional, get_args
 
 import torch
 import timm.layers
@@ -19,7 +20,10 @@ from timm.layers import apply_rot_embed_cat
 from timm.models.eva import EvaAttention
 from torch import nn
 
-BACKENDS = ("sdpa", "math", "xformers")
+from common.config.schema import ConfigError
+
+AttentionBackend = Literal["sdpa", "math", "xformers"]  # the config type of every attention key
+BACKENDS: tuple[str, ...] = get_args(AttentionBackend)
 # timm's `Eva(attn_type='rope')` uses AttentionRope (same fused_attn switch; not in older timm)
 _ROPE_ATTENTION = tuple(c for c in [getattr(timm.layers, "AttentionRope", None)] if c is not None)
 _ATTENTION_TYPES = (EvaAttention, *_ROPE_ATTENTION)
@@ -57,6 +61,15 @@ def xformers_unavailable_reason() -> Optional[str]:
     except (ImportError, RuntimeError) as err:
         return str(err).split(";")[0]
     return None
+
+
+def check_attention_backend(backend: str) -> None:
+    """Config-time check: `ConfigError` (one line, the fix named) when `backend` cannot run on this machine."""
+    if backend == "xformers":
+        reason = xformers_unavailable_reason()
+        if reason is not None:
+            raise ConfigError(f"attention backend 'xformers' cannot run here ({reason}) — set the attention "
+                              "key to sdpa, or install xformers built for this torch on a CUDA machine")
 
 
 class XformersEvaAttention(EvaAttention):
@@ -122,10 +135,3 @@ def set_attention_backend(model: nn.Module, backend: str) -> int:
     for module in modules:
         _switch(module, backend)
     return len(modules)
-
-
-def attention_backend(model: nn.Module) -> Optional[str]:
-    """The backend of `model`'s Eva attention modules, None when it has none; 'mixed' if they differ."""
-    names = {"xformers" if isinstance(m, XformersEvaAttention) else "sdpa" if m.fused_attn else "math"
-             for m in model.modules() if isinstance(m, _ATTENTION_TYPES)}
-    return None if not names else names.pop() if len(names) == 1 else "mixed"

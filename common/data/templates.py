@@ -3,16 +3,16 @@ captions synthesised from class labels (stage-2 data), and the zero-shot classif
 stage-2 eval) fed by any text encoder. Config key: `data.templates`."""
 from __future__ import annotations
 
-import random
 from typing import Any, Callable, Sequence, Union
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
 
+from common.config.sections import TemplateSetName
+
 Template = Union[Callable[[str], str], str]  # a callable, or a format string with one positional `{}`
-TEMPLATE_SETS: dict[str, Sequence[Template]] = {
+TEMPLATE_SETS: dict[TemplateSetName, Sequence[Template]] = {  # names: the config's `TemplateSetName`
     "openai": OPENAI_IMAGENET_TEMPLATES,  # the 80 CLIP ImageNet prompts
     "simple": SIMPLE_IMAGENET_TEMPLATES,  # CLIP's 7-prompt subset
     "short": ("a photo of a {}.",),       # one plain prompt
@@ -28,18 +28,6 @@ def get_templates(name: str) -> Sequence[Template]:
 
 def render(template: Template, classname: str) -> str:
     return template.format(classname) if isinstance(template, str) else template(classname)
-
-
-def eval_caption(classname: str, templates: Sequence[Template]) -> str:
-    """Deterministic caption: the first template."""
-    return render(templates[0], classname)
-
-
-def random_caption(classname: str, rng: random.Random | np.random.Generator,
-                   templates: Sequence[Template]) -> str:
-    """Training caption: a template drawn uniformly from `rng` (per sample)."""
-    index = rng.randrange(len(templates)) if isinstance(rng, random.Random) else int(rng.integers(len(templates)))
-    return render(templates[index], classname)
 
 
 def caption_of(meta: dict[str, Any], classnames: Sequence[str] | None, templates: Sequence[Template],

@@ -9,21 +9,22 @@ from pathlib import Path
 
 from torch import nn
 
-from common.checkpoint import load_weights
-from common.trunk_io import load_trunk_state
+from common.artifacts import TRUNK_FILE, load_weights
+from common.config.schema import ConfigError
+from common.vision.trunk_io import load_trunk_state
 
-STAGE1_TRUNK_FILE = "student_trunk.safetensors"
 MAY_DIFFER = ("head.",)  # explicit allow-list: a classifier head, never part of the contrastive trunk
 
 
 def resolve_stage1_trunk(path: str | Path) -> Path:
-    """A stage-1 run folder (its newest `student_trunk.safetensors`) or the file itself."""
+    """A stage-1 run folder (its newest `student_trunk.safetensors`) or the file itself; `ConfigError`
+    (one line) when there is none."""
     path = Path(path)
     if path.is_dir():
-        path = path / STAGE1_TRUNK_FILE
+        path = path / TRUNK_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"--init: '{path}' not found — pass a stage-1 run folder holding "
-                                f"{STAGE1_TRUNK_FILE} or the file itself")
+        raise ConfigError(f"--init: '{path}' not found — pass a stage-1 run folder holding {TRUNK_FILE} "
+                          "or the file itself")
     return path
 
 

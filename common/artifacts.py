@@ -1,0 +1,235 @@
+"""The run folder: every file a run writes, declared once, each with a typed writer and reader.
+
+    RUN/config.yaml                   the resolved config                     write_config / read_config
+    RUN/metrics.jsonl                 one JSON record per line                MetricsFile
+    RUN/tensorboard/                  TensorBoard scalars (common.train.metrics)
+    RUN/checkpoints/step_XXXXXXXX/    accelerate's state + the weights below + engine_state.json, written
+                                      last: a folder without it is never resumed from     EngineState
+    RUN/student_trunk.safetensors     stage 1: the timm trunk, metadata `TrunkInfo`  write_trunk / read_trunk_info
+    RUN/model.safetensors             stage 2: the CLIP in open_clip's key layout  write_clip / load_weights
+    RUN/open_clip_config.json         stage 2: open_clip's model_cfg, preprocess_cfg + `ClipInfo`  ClipConfig
+    RUN/hf_text/                      stage 2 with a Hugging Face text tower: its config + tokenizer files
+
+The weights files sit at the run's top level (newest) and inside every checkpoint. An export folder
+(`common.export`) holds `open_clip_config.json` + `open_clip_model.safetensors` in open_clip's own layout.
+Files from elsewhere load through `load_weights` (safetensors, or torch with `weights_only=True`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from common.config.schema import load_config, to_dict
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+CHECKPOINTS_DIR = "checkpoints"
+ENGINE_STATE_FILE = "engine_state.json"  # written last into a checkpoint: its completion marker
+TRUNK_FILE = "student_trunk.safetensors"
+CLIP_WEIGHTS_FILE = "model.safetensors"
+CLIP_CONFIG_FILE = "open_clip_config.json"
+HF_TEXT_DIR = "hf_text"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+class NotARunError(ValueError):
+    """The given folder is not a run (or checkpoint) of the expected stage."""
+
+
+# ---- config.yaml ---------------------------------------------------------------------------------
+def write_config(run_dir: str | Path, cfg: Any) -> None:
+    """The resolved config as YAML, so the run can be read back with `read_config`."""
+    import yaml
+    path = Path(run_dir) / CONFIG_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def read_config(run_dir: str | Path, schema: type) -> Any:
+    """A run's config.yaml loaded into `schema` (validated like any config)."""
+    return load_config(schema, Path(run_dir) / CONFIG_FILE)
+
+
+# ---- metrics.jsonl -------------------------------------------------------------------------------
+class MetricsFile:
+    """`RUN/metrics.jsonl`: records appended one per line; `step` orders them."""
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / METRICS_FILE
+
+    def append(self, record: dict[str, Any]) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def read(self) -> list[dict[str, Any]]:
+        """All records (empty when the file does not exist)."""
+        if not self.path.is_file():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records after `step` (what a crashed run logged past the checkpoint a resume starts from)."""
+        kept = [r for r in self.read() if r.get("step", 0) <= step]
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    return MetricsFile(run_dir).read()
+
+
+# ---- checkpoints/ --------------------------------------------------------------------------------
+def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
+    return Path(run_dir) / CHECKPOINTS_DIR / f"step_{step:08d}"
+
+
+def complete_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoint folders of a run, oldest first (temp or unmarked folders are ignored)."""
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if _STEP_DIR.match(p.name) and (p / ENGINE_STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))
+
+
+def is_checkpoint(path: str | Path) -> bool:
+    return (Path(path) / ENGINE_STATE_FILE).is_file()
+
+
+@dataclass
+class EngineState:
+    """What the engine keeps beside accelerate's state; its file marks a checkpoint complete."""
+    step: int
+    bad_steps: int = 0
+    skipped_samples: int = 0
+    schedule: dict[str, int] = field(default_factory=dict)  # {"steps", "global_batch"} it was trained with
+
+    def write(self, checkpoint: Path) -> None:
+        (Path(checkpoint) / ENGINE_STATE_FILE).write_text(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def read(cls, checkpoint: Path) -> "EngineState":
+        values = json.loads((Path(checkpoint) / ENGINE_STATE_FILE).read_text())
+        return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values})
+
+
+# ---- weights -------------------------------------------------------------------------------------
+def _fp32_cpu(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().float().contiguous().cpu() for k, v in state_dict.items()}
+
+
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from a file we did not write in this process: safetensors, or torch with
+    `weights_only=True`. Errors name the file and what was wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file '{path}' not found")
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any parse failure means a corrupt or foreign file
+        raise ValueError(f"cannot read weights file '{path}' ({type(err).__name__}: {err}) — "
+                         "is it a complete safetensors/PyTorch state dict?") from err
+    for key in ("state_dict", "model", "module"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    return state
+
+
+def find_weights(run_dir: str | Path, filename: str, what: str) -> Path:
+    """`filename` in a run folder (top level), one of its checkpoints (newest first), or the file itself."""
+    path = Path(run_dir)
+    if path.is_file():
+        return path
+    for candidate in [path] + complete_checkpoints(path)[::-1]:
+        if (candidate / filename).is_file():
+            return candidate / filename
+    raise NotARunError(f"'{path}' is not a {what} run folder or checkpoint (no {filename} in it or under "
+                       f"{CHECKPOINTS_DIR}/) — pass the train.output_dir of a finished run")
+
+
+@dataclass(frozen=True)
+class TrunkInfo:
+    """The metadata of `student_trunk.safetensors`: what a trunk must be built as to load it."""
+    vision_model: str  # timm registered name
+    image_size: int
+
+
+def save_trunk(path: str | Path, state: dict[str, torch.Tensor], info: TrunkInfo) -> Path:
+    """A timm trunk's weights (timm key names) as safetensors with `info` in its metadata."""
+    save_file(_fp32_cpu(state), str(path), metadata={"format": "pt", "vision_model": info.vision_model,
+                                                     "image_size": str(info.image_size)})
+    return Path(path)
+
+
+def write_trunk(out_dir: str | Path, state: dict[str, torch.Tensor], info: TrunkInfo) -> Path:
+    """Stage 1's `student_trunk.safetensors` in `out_dir` (a run folder or a checkpoint)."""
+    return save_trunk(Path(out_dir) / TRUNK_FILE, state, info)
+
+
+def read_trunk_info(path: str | Path) -> Optional[TrunkInfo]:
+    """The `TrunkInfo` of a trunk file; None for a safetensors file without it (e.g. a plain timm export)."""
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    if "vision_model" not in meta or "image_size" not in meta:
+        return None
+    return TrunkInfo(meta["vision_model"], int(meta["image_size"]))
+
+
+@dataclass(frozen=True)
+class ClipInfo:
+    """evaclip's own block of `open_clip_config.json` (open_clip ignores it)."""
+    stage: int
+    loss: str
+    vision_model: str
+    image_size: int
+
+
+@dataclass
+class ClipConfig:
+    """`open_clip_config.json`: open_clip's `model_cfg` and `preprocess_cfg`, plus `ClipInfo`."""
+    model_cfg: dict[str, Any]
+    preprocess_cfg: dict[str, Any]
+    info: ClipInfo
+
+    def write(self, folder: str | Path) -> None:
+        config = {"model_cfg": self.model_cfg, "preprocess_cfg": self.preprocess_cfg,
+                  "evaclip": dataclasses.asdict(self.info)}
+        (Path(folder) / CLIP_CONFIG_FILE).write_text(json.dumps(config, indent=2))
+
+    @classmethod
+    def read(cls, folder: str | Path) -> "ClipConfig":
+        file = Path(folder) / CLIP_CONFIG_FILE
+        if not file.is_file():
+            raise NotARunError(f"'{folder}' has no {CLIP_CONFIG_FILE} — not a stage-2 run or export")
+        config = json.loads(file.read_text())
+        info = config.get("evaclip", {})
+        missing = [f.name for f in dataclasses.fields(ClipInfo) if f.name not in info]
+        if missing or "model_cfg" not in config:
+            raise NotARunError(f"'{file}' was not written by an evaclip stage-2 run (no evaclip.{missing[0] if missing else 'model_cfg'})")
+        return cls(config["model_cfg"], config.get("preprocess_cfg", {}),
+                   ClipInfo(**{f.name: info[f.name] for f in dataclasses.fields(ClipInfo)}))
+
+
+def write_clip(out_dir: str | Path, state_dict: dict[str, torch.Tensor], config: ClipConfig) -> None:
+    """A stage-2 model: fp32 `model.safetensors` in open_clip's key layout + its `ClipConfig`."""
+    save_file(_fp32_cpu(state_dict), str(Path(out_dir) / CLIP_WEIGHTS_FILE), metadata={"format": "pt", "stage": "2"})
+    config.write(out_dir)
+
+
+def write_hf_text_files(out_dir: str | Path, hf_folder: str | Path, tokenizer: Any) -> None:
+    """An HF text tower's config + tokenizer files under `out_dir/hf_text/`, so the run exports without
+    the original model folder (`tokenizer`: open_clip's `HFTokenizer`)."""
+    from transformers import AutoConfig
+    dest = Path(out_dir) / HF_TEXT_DIR
+    AutoConfig.from_pretrained(str(hf_folder), local_files_only=True).save_pretrained(dest)
+    tokenizer.save_pretrained(dest)

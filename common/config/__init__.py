@@ -1,0 +1,1 @@
+"""Typed configs: YAML → dataclasses with one-line errors (`schema`), the sections both stages share."""

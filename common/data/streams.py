@@ -1,0 +1,152 @@
+"""The webdataset streams both stages use: a resampled deterministic training stream and a finite
+exactly-once eval stream.
+
+Training stream (`make_train_loader`), one per (rank, worker) "stream" `s = rank·W + worker` of
+`S = world_size·W` streams (W = max(num_workers, 1)):
+    shards: stream s owns `urls[s::S]` when there are ≥ S shards, else all shards (independent draws);
+            it resamples them with replacement forever (`random.Random(seed_s)`, never time or pid)
+    → tar → shuffle buffer (`random.Random`, seeded) → PIL decode → map_sample → batches (in the worker)
+All seeds come from `SeedSequence([seed, rank, world_size, worker, W])`. `map_sample` draws from the
+stream's own torch and `random` global RNG states (a worker process installs them once; in-process they
+are swapped in around each call), so augmentations depend only on that seed: the stream is a pure
+function of (seed, rank, world_size, num_workers), num_workers 0 and 1 give the same stream, and the
+caller's RNG is never consumed (the DataLoader gets a private generator for its unused base seed).
+numpy's legacy global RNG is seeded in workers but not isolated in-process: augment with torch/random.
+
+Bad samples are skipped and counted (`common.data.samples`).
+"""
+from __future__ import annotations
+
+import itertools
+import random
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import torch
+import webdataset as wds
+from webdataset.tariterators import tarfile_samples
+
+from common.data.samples import MapSample, SkipCounter, PrivateRNG, batches, decode_and_map
+from common.data.shard_list import shard_sizes
+
+
+def _resampled(shards: list[str], rng: random.Random, counter: SkipCounter) -> Iterator[dict[str, str]]:
+    """Shards drawn with replacement forever; raises if many draws in a row give no sample at all."""
+    empty_run, last_read = 0, -1
+    limit = max(20, 3 * len(shards))
+    while True:
+        empty_run = empty_run + 1 if counter.read == last_read else 0
+        if empty_run >= limit:
+            raise RuntimeError(f"{limit} shards in a row gave no readable sample — check {shards[:3]} …")
+        last_read = counter.read
+        yield {"url": rng.choice(shards)}
+
+
+def _count_reads(samples: Iterable[dict[str, Any]], counter: SkipCounter) -> Iterator[dict[str, Any]]:
+    for sample in samples:
+        counter.read += 1
+        yield sample
+
+
+class TrainStream(torch.utils.data.IterableDataset):
+    """Infinite batches of one (rank, worker) stream; see the module docstring."""
+
+    def __init__(self, urls: list[str], map_sample: MapSample, batch_size: int, seed: int, rank: int,
+                 world_size: int, shuffle_buffer: int):
+        super().__init__()
+        self.urls, self.map_sample, self.batch_size = list(urls), map_sample, batch_size
+        self.seed, self.rank, self.world_size, self.shuffle_buffer = seed, rank, world_size, shuffle_buffer
+
+    def stream(self) -> tuple[int, int, list[int]]:
+        """(stream index, number of streams, 3 seeds) of the calling worker."""
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        entropy = [self.seed % 2**64, self.rank, self.world_size, worker, workers]
+        seeds = np.random.SeedSequence(entropy).generate_state(3).tolist()
+        return self.rank * workers + worker, self.world_size * workers, seeds
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        index, total, (shard_seed, shuffle_seed, rng_seed) = self.stream()
+        shards = self.urls[index::total] if len(self.urls) >= total else self.urls
+        counter = SkipCounter(shards)
+        samples = tarfile_samples(_resampled(shards, random.Random(shard_seed), counter), handler=counter)
+        samples = _count_reads(samples, counter)
+        if self.shuffle_buffer > 1:
+            samples = wds.filters.shuffle(self.shuffle_buffer, self.shuffle_buffer,
+                                          rng=random.Random(shuffle_seed))(samples)
+        rng = PrivateRNG(rng_seed)
+        if torch.utils.data.get_worker_info() is not None:
+            rng.install()  # this process's globals are the stream's own: no per-sample swap needed
+            rng = None
+        mapped = decode_and_map(samples, self.map_sample, counter, rng)
+        return batches(mapped, self.batch_size, partial=False)
+
+
+def make_train_loader(urls: list[str], map_sample: MapSample, batch_size: int, *, seed: int, rank: int = 0,
+                      world_size: int = 1, num_workers: int = 1, shuffle_buffer: int = 1000,
+                      persistent_workers: bool = False) -> Iterable[dict[str, Any]]:
+    """Infinite collated batches (`batch_size` per rank) + `skipped` `[B] int64`; deterministic in
+    (seed, rank, world_size, num_workers). `map_sample(image, meta)` gets meta {cls, txt, key, url}.
+    (That the shards hold one global batch is checked at start-up: `shard_list.require_one_global_batch`.)"""
+    if not urls:
+        raise FileNotFoundError("make_train_loader got no shards — check data.train_shards")
+    dataset = TrainStream(urls, map_sample, batch_size, seed, rank, world_size, shuffle_buffer)
+    generator = torch.Generator().manual_seed(seed % 2**63)  # DataLoader draws a base seed: not from ours
+    return wds.WebLoader(dataset, batch_size=None, num_workers=num_workers, generator=generator,
+                         persistent_workers=persistent_workers and num_workers > 0)
+
+
+class EvalStream(torch.utils.data.IterableDataset):
+    """Re-iterable finite batches; every sample once across ranks (and loader workers), in a fixed
+    order (see make_eval_loader)."""
+
+    def __init__(self, urls: list[str], map_sample: MapSample, batch_size: int, rank: int, world_size: int,
+                 max_samples: int):
+        self.urls, self.map_sample, self.batch_size = list(urls), map_sample, batch_size
+        self.rank, self.world_size, self.max_samples = rank, world_size, max_samples
+        sizes = shard_sizes(self.urls)
+        self.offsets = None if sizes is None else [0, *itertools.accumulate(sizes)][:-1]
+        self.split_shards = self.offsets is not None and len(self.urls) >= world_size
+
+    def _indexed(self, counter: SkipCounter) -> Iterator[dict[str, Any]]:
+        """Raw samples of this rank with `index` = position in the global (sorted-shard) order."""
+        limit = self.max_samples if self.max_samples > 0 else float("inf")
+        if self.split_shards:
+            mine = [(url, off) for url, off in zip(self.urls, self.offsets)][self.rank::self.world_size]
+            for url, offset in mine:
+                if offset >= limit:
+                    continue
+                for i, sample in enumerate(tarfile_samples([{"url": url}], handler=counter)):
+                    if offset + i < limit:
+                        yield {**sample, "index": offset + i}
+            return
+        stream = tarfile_samples(({"url": url} for url in self.urls), handler=counter)
+        for index, sample in enumerate(stream):
+            if index >= limit:
+                return
+            if index % self.world_size == self.rank:
+                yield {**sample, "index": index}
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        counter = SkipCounter(self.urls)
+        raw = self._indexed(counter)
+        worker = torch.utils.data.get_worker_info()
+        if worker is not None:  # worker w decodes the rank's samples w, w+n, …; reading tar bytes is cheap
+            raw = itertools.islice(raw, worker.id, None, worker.num_workers)
+        mapped = decode_and_map(raw, self.map_sample, counter)
+        return batches(mapped, self.batch_size, partial=True)
+
+
+def make_eval_loader(urls: list[str], map_sample: MapSample, batch_size: int, rank: int = 0,
+                     world_size: int = 1, *, max_samples: int = 0, num_workers: int = 0) -> Iterable[dict[str, Any]]:
+    """Finite batches in a fixed order, each sample on exactly one rank, last partial batch kept.
+
+    With ≥ world_size shards all listed in sizes.json, rank r reads shards r, r+W, …; otherwise every
+    rank reads every shard and keeps samples whose index % world_size == r. meta gets `index` (the
+    sample's position in the global order, the same for any world size); `max_samples` > 0 keeps the
+    first max_samples of that order. `num_workers` > 0 decodes in loader processes, which split the
+    rank's samples round-robin (batches then interleave by worker; the set of samples is the same)."""
+    stream = EvalStream(urls, map_sample, batch_size, rank, world_size, max_samples)
+    if num_workers == 0:
+        return stream
+    return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=num_workers)

@@ -1,0 +1,32 @@
+"""The facts of one process of a run, built once by the engine from its accelerator and handed to the
+task: rank, world size, device, batch geometry, precision. Tasks read these, never accelerate's globals."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class RunContext:
+    rank: int
+    world_size: int
+    device: torch.device
+    micro_batch: int   # samples per rank per forward (train.batch_size)
+    grad_accum: int    # micro-batches per optimizer step (train.grad_accum)
+    precision: str     # train.precision
+    deepspeed: bool    # DeepSpeed wraps the model: its trained parameter set is fixed when it is wrapped
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def global_micro_batch(self) -> int:
+        """Rows one loss call sees across ranks (per-rank micro-batch × world size)."""
+        return self.micro_batch * self.world_size
+
+    @property
+    def global_batch(self) -> int:
+        """Samples per optimizer step across ranks (micro-batch × grad_accum × world size)."""
+        return self.micro_batch * self.grad_accum * self.world_size
