@@ -56,7 +56,7 @@ def front_matter(card: str) -> dict:
 def test_card_has_license_results_recipe_and_both_configs(tmp_path):
     trunk = stage1_run(tmp_path)
     run = stage2_run(tmp_path, init_from=trunk)
-    out = export_open_clip(run, tmp_path / "export", license="apache-2.0")
+    out = export_open_clip(run, tmp_path / "export", license_id="apache-2.0")
     card = (out / "README.md").read_text()
     header = front_matter(card)
     assert header["license"] == "apache-2.0" and header["library_name"] == "open_clip"

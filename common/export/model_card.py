@@ -27,7 +27,7 @@ class CardFacts:
     clip: ClipConfig
     stage2: RunSummary
     stage1: Optional[RunSummary]
-    license: str
+    license_id: str
     hub_id: Optional[str]
 
 
@@ -70,7 +70,7 @@ def card_dict(f: CardFacts) -> dict[str, Any]:
         "Training data": f"`{data.train_shards}` (webdataset shards)" if data else "unknown",
         "Evaluation data": f"`{data.eval_shards}`" if data else "unknown",
     }
-    return {"tags": ["clip", "evaclip", "eva02", "zero-shot-image-classification"], "license": f.license,
+    return {"tags": ["clip", "evaclip", "eva02", "zero-shot-image-classification"], "license": f.license_id,
             "description": description(f), "details": details, "usage": usage(f)}
 
 

@@ -24,9 +24,10 @@ OPEN_CLIP_WEIGHTS_FILE = "open_clip_model.safetensors"  # the name open_clip's l
 
 
 def export_open_clip(run_dir: str | Path, out_dir: str | Path, hub_id: Optional[str] = None,
-                     license: str = "mit") -> Path:
+                     license_id: str = "mit") -> Path:
     """Write the folder `open_clip.create_model_and_transforms("local-dir:OUT")` loads (or, with `hub_id`,
-    the folder to upload to that hub repo for `"hf-hub:ORG/NAME"`), with its model card. Returns OUT."""
+    the folder to upload to that hub repo for `"hf-hub:ORG/NAME"`), with its model card under the license
+    `license_id` (a hub license id). Returns OUT."""
     weights = find_weights(run_dir, CLIP_WEIGHTS_FILE, "stage-2")
     config = ClipConfig.read(weights.parent)
     state = load_weights(weights)
@@ -39,6 +40,6 @@ def export_open_clip(run_dir: str | Path, out_dir: str | Path, hub_id: Optional[
     ClipConfig(model_cfg, config.preprocess_cfg, config.info).write(out)
     relocate(out, hub_id)
     stage1 = RunSummary.read(run_folder_of(config.info.init_from)) if config.info.init_from else None
-    facts = CardFacts(ClipConfig.read(out), RunSummary.read(run_folder_of(weights)), stage1, license, hub_id)
+    facts = CardFacts(ClipConfig.read(out), RunSummary.read(run_folder_of(weights)), stage1, license_id, hub_id)
     write_model_card(out, facts)
     return out
