@@ -129,6 +129,16 @@ def is_checkpoint(path: str | Path) -> bool:
     return (Path(path) / ENGINE_STATE_FILE).is_file()
 
 
+def weights_step(weights_file: str | Path) -> Optional[int]:
+    """The step a weights file was saved at: its checkpoint's, or for the run's top-level (newest) weights
+    the newest complete checkpoint's; None when the run has no checkpoint."""
+    folder = Path(weights_file).parent
+    if is_checkpoint(folder):
+        return EngineState.read(folder).step
+    newest = complete_checkpoints(folder)
+    return EngineState.read(newest[-1]).step if newest else None
+
+
 def run_folder_of(weights_file: str | Path) -> Path:
     """The run folder a weights file belongs to: its own folder, or the run above `checkpoints/step_X/`."""
     folder = Path(weights_file).parent

@@ -13,8 +13,8 @@ import timm
 import torch
 import yaml
 
-from common.artifacts import (ClipConfig, MetricsFile, TrunkInfo, checkpoint_dir, read_resolved_config,
-                              run_folder_of, write_config, write_trunk)
+from common.artifacts import (ClipConfig, EngineState, MetricsFile, TrunkInfo, checkpoint_dir,
+                              read_resolved_config, run_folder_of, weights_step, write_config, write_trunk)
 from common.export import export_open_clip
 from common.export import towers
 from common.export.timm_trunk import clip_trunk_state
@@ -35,7 +35,8 @@ def stage1_run(tmp_path):
 
 
 def stage2_run(tmp_path, init_from=None):
-    """A stage-2 run folder: weights, config, 2 processes logged, evaluations at steps 5 and 10."""
+    """A stage-2 run folder: weights, config, 2 processes logged, evaluations at steps 5 and 10, its newest
+    checkpoint at step 10."""
     _, _, run = trained_like_run(tmp_path, "softmax")
     config = ClipConfig.read(run)
     ClipConfig(config.model_cfg, config.preprocess_cfg,
@@ -46,6 +47,8 @@ def stage2_run(tmp_path, init_from=None):
     metrics.append({"step": 5, "eval": {"zeroshot_top1": 0.5, "i2t_R@1": 0.25}})
     metrics.append({"step": 10, "loss": 1.0})
     metrics.append({"step": 10, "eval": {"zeroshot_top1": 0.75, "i2t_R@1": 0.375}})
+    checkpoint_dir(run, 10).mkdir(parents=True)
+    EngineState(10).write(checkpoint_dir(run, 10))
     return run
 
 
@@ -63,6 +66,8 @@ def test_card_has_license_results_recipe_and_both_configs(tmp_path):
     assert "| 5 | 0.5000 | 0.2500 |" in card and "| 10 | 0.7500 | 0.3750 |" in card  # stage 2, per evaluation
     assert "| 7 | 0.3125 |" in card  # stage 1's probe
     assert "10 steps × global batch 16 (8 per process × grad_accum 1 × 2 processes)" in card
+    assert "7 steps, 64 per process × grad_accum 1 (its process count was not logged)" in card  # stage 1
+    assert "the exported weights are step 10's" in card
     assert f"`--init` loaded `{trunk}`" in card and 'create_model_and_transforms("local-dir:' in card
     recipe = card.split("## Training recipe")[1]
     stage1_yaml = recipe.split("```yaml\n")[1].split("```")[0]
@@ -87,7 +92,14 @@ def test_stage_2_records_the_trunk_init_loaded_as_an_absolute_path(tmp_path, fmn
     task = ContrastiveTask(cfg, single_process_run(), init=os.path.relpath(trunk))
     task.save_weights(model.state_dict(), tmp_path)
     assert ClipConfig.read(tmp_path).info.init_from == str(trunk.resolve())
-    assert run_folder_of(checkpoint_dir(tmp_path / "r", 3) / "model.safetensors") == tmp_path / "r"
+
+
+def test_weights_belong_to_their_run_and_step(tmp_path):
+    step_3 = checkpoint_dir(tmp_path / "r", 3)
+    step_3.mkdir(parents=True)
+    EngineState(3).write(step_3)
+    assert run_folder_of(step_3 / "model.safetensors") == tmp_path / "r"
+    assert weights_step(step_3 / "model.safetensors") == weights_step(tmp_path / "r" / "model.safetensors") == 3
 
 
 @pytest.fixture(scope="module")

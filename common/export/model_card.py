@@ -22,10 +22,12 @@ OBJECTIVES = {"softmax": "softmax (CLIP InfoNCE, learnable temperature)",
 
 @dataclass
 class CardFacts:
-    """What the card says: the exported config, the stage-2 run, the stage-1 run `--init` used (None:
-    the trunk was trained from scratch in stage 2), the license id and the hub repo (None: local)."""
+    """What the card says: the exported config, the stage-2 run and the step of the exported weights
+    (None: unknown), the stage-1 run `--init` used (None: the trunk was trained from scratch in stage 2),
+    the license id and the hub repo (None: local)."""
     clip: ClipConfig
     stage2: RunSummary
+    weights_step: Optional[int]
     stage1: Optional[RunSummary]
     license_id: str
     hub_id: Optional[str]
@@ -36,11 +38,12 @@ def run_line(run: RunSummary) -> str:
     if run.train is None:
         return f"run `{run.folder}` (its config.yaml was not found at export)"
     t = run.train
-    processes = "?" if run.world_size is None else run.world_size
-    batch = run.global_batch if run.global_batch is not None else "?"
     steps = run.last_step if run.last_step is not None else t.steps
-    return (f"run `{run.folder}`: {steps} steps × global batch {batch} ({t.batch_size} per process × "
-            f"grad_accum {t.grad_accum} × {processes} processes), {t.precision}")
+    if run.world_size is None:
+        return (f"run `{run.folder}`: {steps} steps, {t.batch_size} per process × grad_accum {t.grad_accum} "
+                f"(its process count was not logged), {t.precision}")
+    return (f"run `{run.folder}`: {steps} steps × global batch {run.global_batch} ({t.batch_size} per process "
+            f"× grad_accum {t.grad_accum} × {run.world_size} processes), {t.precision}")
 
 
 def text_tower_line(text_cfg: dict[str, Any]) -> str:
@@ -117,8 +120,10 @@ def results_section(f: CardFacts) -> str:
         split = f"`{data.eval_shards}`" if data else "the eval split"
         limit = (f"the first {data.final_eval_max_samples} samples" if data and data.final_eval_max_samples
                  else "all of it")
+        exported = (f"the exported weights are step {f.weights_step}'s" if f.weights_step is not None
+                    else "the step of the exported weights is unknown")
         text += (f"\nStage 2 on {split}: zero-shot top-1/top-5 and image↔text retrieval recall, fractions in "
-                 f"[0, 1]; the last row is the exported model (final evaluation: {limit}).\n\n"
+                 f"[0, 1], one row per evaluation ({exported}; the final evaluation uses {limit}).\n\n"
                  + eval_table(f.stage2.evals))
     else:
         text += "\nThe stage-2 run logged no evaluation.\n"

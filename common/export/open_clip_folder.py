@@ -15,7 +15,8 @@ from typing import Optional
 
 from safetensors.torch import save_file
 
-from common.artifacts import CLIP_WEIGHTS_FILE, ClipConfig, RunSummary, find_weights, load_weights, run_folder_of
+from common.artifacts import (CLIP_WEIGHTS_FILE, ClipConfig, RunSummary, find_weights, load_weights, run_folder_of,
+                              weights_step)
 from common.export.model_card import CardFacts, write_model_card
 from common.export.timm_trunk import clip_trunk_state
 from common.export.towers import relocate, write_towers
@@ -40,6 +41,7 @@ def export_open_clip(run_dir: str | Path, out_dir: str | Path, hub_id: Optional[
     ClipConfig(model_cfg, config.preprocess_cfg, config.info).write(out)
     relocate(out, hub_id)
     stage1 = RunSummary.read(run_folder_of(config.info.init_from)) if config.info.init_from else None
-    facts = CardFacts(ClipConfig.read(out), RunSummary.read(run_folder_of(weights)), stage1, license_id, hub_id)
+    facts = CardFacts(ClipConfig.read(out), RunSummary.read(run_folder_of(weights)), weights_step(weights), stage1,
+                      license_id, hub_id)
     write_model_card(out, facts)
     return out
