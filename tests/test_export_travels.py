@@ -4,7 +4,7 @@ no PYTHONPATH), it gives the run's own embeddings (max abs diff < 1e-5): at a re
 a registered sibling's size as copied; at a size timm registers no name for, and with a Hugging Face text
 tower, after the one command `scripts/export_open_clip.py --relocate COPY` (before it: a one-line error
 naming that command); and from a hub cache snapshot of a `--hub-id` export, offline. One subprocess loads
-every case. Slow (~40 s on 2 loaded cores)."""
+every case. Slow (~50 s on 2 cores under heavy load)."""
 from __future__ import annotations
 
 import json

@@ -126,6 +126,7 @@ def test_relocate_to_the_hub_and_back(export_28):
     (["RUN"], "give RUN_DIR and OUT_DIR"),
     (["--relocate", "{out}", "--hub-id", "a/b/c"], "Repo id must be in the form"),
     (["--relocate", "{tmp}"], "has no open_clip_config.json"),
+    (["{tmp}", "{tmp}/out", "--hub-id", "not a repo"], "Repo id must use"),
 ])
 def test_bad_export_command_is_a_one_line_error(export_28, tmp_path, capsys, args, message):
     assert export_cli([a.format(out=export_28, tmp=tmp_path) for a in args]) == 2

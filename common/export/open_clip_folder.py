@@ -19,7 +19,7 @@ from common.artifacts import (CLIP_WEIGHTS_FILE, ClipConfig, RunSummary, find_we
                               weights_step)
 from common.export.model_card import CardFacts, write_model_card
 from common.export.timm_trunk import clip_trunk_state
-from common.export.towers import relocate, write_towers
+from common.export.towers import check_hub_id, relocate, write_towers
 
 OPEN_CLIP_WEIGHTS_FILE = "open_clip_model.safetensors"  # the name open_clip's local-dir: and hf-hub: loaders read
 
@@ -29,6 +29,7 @@ def export_open_clip(run_dir: str | Path, out_dir: str | Path, hub_id: Optional[
     """Write the folder `open_clip.create_model_and_transforms("local-dir:OUT")` loads (or, with `hub_id`,
     the folder to upload to that hub repo for `"hf-hub:ORG/NAME"`), with its model card under the license
     `license_id` (a hub license id). Returns OUT."""
+    check_hub_id(hub_id)
     weights = find_weights(run_dir, CLIP_WEIGHTS_FILE, "stage-2")
     config = ClipConfig.read(weights.parent)
     state = load_weights(weights)

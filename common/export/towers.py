@@ -118,6 +118,13 @@ def copy_hf_text_files(run_folder: Path, out: Path) -> dict[str, Any]:
     return json.loads((src / TOWER_CONFIG_FILE).read_text())
 
 
+def check_hub_id(hub_id: Optional[str]) -> None:
+    """A hub repo id (`ORG/NAME`) or None; huggingface_hub's one-line `HFValidationError` (a ValueError) else."""
+    if hub_id is not None:
+        from huggingface_hub.utils import validate_repo_id
+        validate_repo_id(hub_id)
+
+
 def path_named_towers(model_cfg: dict[str, Any]) -> list[str]:
     """The towers `model_cfg` names by a path or hub repo ("vision", "text"), not by a registered name."""
     named = []
@@ -132,15 +139,13 @@ def relocate(out_dir: str | Path, hub_id: Optional[str] = None) -> Optional[str]
     """Point an export's tower names at where it is now (`local-dir:` loading), or at the hub repo
     `hub_id` (`hf-hub:` loading, config.json moved to the top). Returns the name the towers now have;
     None for an export that names none (registered trunk, native text tower: it loads from anywhere)."""
+    check_hub_id(hub_id)
     out = Path(out_dir).resolve()
     config = ClipConfig.read(out)
     vision, text = config.model_cfg["vision_cfg"], config.model_cfg["text_cfg"]
     named = path_named_towers(config.model_cfg)
     if not named:
         return None
-    if hub_id is not None:
-        from huggingface_hub.utils import validate_repo_id
-        validate_repo_id(hub_id)
     found = [f for f in (out / TOWERS_DIR / TOWER_CONFIG_FILE, out / TOWER_CONFIG_FILE) if f.is_file()]
     if not found:
         raise NotARunError(f"'{out}' names its towers by path but holds no {TOWERS_DIR}/{TOWER_CONFIG_FILE} "
