@@ -10,8 +10,10 @@
     RUN/open_clip_config.json         stage 2: open_clip's model_cfg, preprocess_cfg + `ClipInfo`  ClipConfig
     RUN/hf_text/                      stage 2 with a Hugging Face text tower: its config + tokenizer files
 
-The weights files sit at the run's top level (newest) and inside every checkpoint. An export folder
-(`common.export`) holds `open_clip_config.json` + `open_clip_model.safetensors` in open_clip's own layout.
+The weights files sit at the run's top level (newest) and inside every checkpoint; `run_folder_of` finds
+the run a weights file belongs to and `RunSummary` reads what the run says about itself (config, evals).
+An export folder (`common.export`) holds `open_clip_config.json` + `open_clip_model.safetensors` in
+open_clip's own layout.
 Files from elsewhere load through `load_weights` (safetensors, or torch with `weights_only=True`).
 """
 from __future__ import annotations
@@ -27,7 +29,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from common.config.schema import load_config, to_dict
+from common.config.schema import build, load_config, read_yaml, to_dict
+from common.config.sections import DataConfig, TrainConfig
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -59,6 +62,12 @@ def read_config(run_dir: str | Path, schema: type) -> Any:
     return load_config(schema, Path(run_dir) / CONFIG_FILE)
 
 
+def read_resolved_config(run_dir: str | Path) -> Optional[dict[str, Any]]:
+    """A run's config.yaml as the plain dict it was written from (any stage); None when there is none."""
+    path = Path(run_dir) / CONFIG_FILE
+    return read_yaml(path) if path.is_file() else None
+
+
 # ---- metrics.jsonl -------------------------------------------------------------------------------
 class MetricsFile:
     """`RUN/metrics.jsonl`: records appended one per line; `step` orders them."""
@@ -76,6 +85,14 @@ class MetricsFile:
             return []
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
+    def evals(self) -> list["EvalRecord"]:
+        """The evaluation records, in file order."""
+        return [EvalRecord(r["step"], r["eval"]) for r in self.read() if "eval" in r]
+
+    def starts(self) -> list[dict[str, Any]]:
+        """The record each training process logged when it began (step, resumed_from, world_size, …)."""
+        return [r for r in self.read() if r.get("event") == "start"]
+
     def truncate_after(self, step: int) -> None:
         """Drop records after `step` (what a crashed run logged past the checkpoint a resume starts from)."""
         kept = [r for r in self.read() if r.get("step", 0) <= step]
@@ -84,6 +101,14 @@ class MetricsFile:
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     return MetricsFile(run_dir).read()
+
+
+@dataclass(frozen=True)
+class EvalRecord:
+    """One evaluation of a run: the step it ran after and its metrics (zero-shot top-k and retrieval
+    recall as fractions in [0, 1] for stage 2; the probe for stage 1)."""
+    step: int
+    metrics: dict[str, float]
 
 
 # ---- checkpoints/ --------------------------------------------------------------------------------
@@ -102,6 +127,24 @@ def complete_checkpoints(run_dir: str | Path) -> list[Path]:
 
 def is_checkpoint(path: str | Path) -> bool:
     return (Path(path) / ENGINE_STATE_FILE).is_file()
+
+
+def weights_step(weights_file: str | Path) -> Optional[int]:
+    """The step a weights file was saved at: its checkpoint's, or for the run's top-level (newest) weights
+    the newest complete checkpoint's; None when the run has no checkpoint."""
+    folder = Path(weights_file).parent
+    if is_checkpoint(folder):
+        return EngineState.read(folder).step
+    newest = complete_checkpoints(folder)
+    return EngineState.read(newest[-1]).step if newest else None
+
+
+def run_folder_of(weights_file: str | Path) -> Path:
+    """The run folder a weights file belongs to: its own folder, or the run above `checkpoints/step_X/`."""
+    folder = Path(weights_file).parent
+    if _STEP_DIR.match(folder.name) and folder.parent.name == CHECKPOINTS_DIR:
+        return folder.parent.parent
+    return folder
 
 
 @dataclass
@@ -190,8 +233,9 @@ class ClipInfo:
     """evaclip's own block of `open_clip_config.json` (open_clip ignores it)."""
     stage: int
     loss: str
-    vision_model: str
+    vision_model: str  # the timm registered name the trunk was trained as
     image_size: int
+    init_from: Optional[str] = None  # the stage-1 trunk file `--init` loaded (absolute); None: from scratch
 
 
 @dataclass
@@ -213,11 +257,12 @@ class ClipConfig:
             raise NotARunError(f"'{folder}' has no {CLIP_CONFIG_FILE} — not a stage-2 run or export")
         config = json.loads(file.read_text())
         info = config.get("evaclip", {})
-        missing = [f.name for f in dataclasses.fields(ClipInfo) if f.name not in info]
+        fields = dataclasses.fields(ClipInfo)
+        missing = [f.name for f in fields if f.name not in info and f.default is dataclasses.MISSING]
         if missing or "model_cfg" not in config:
             raise NotARunError(f"'{file}' was not written by an evaclip stage-2 run (no evaclip.{missing[0] if missing else 'model_cfg'})")
         return cls(config["model_cfg"], config.get("preprocess_cfg", {}),
-                   ClipInfo(**{f.name: info[f.name] for f in dataclasses.fields(ClipInfo)}))
+                   ClipInfo(**{f.name: info[f.name] for f in fields if f.name in info}))
 
 
 def write_clip(out_dir: str | Path, state_dict: dict[str, torch.Tensor], config: ClipConfig) -> None:
@@ -233,3 +278,38 @@ def write_hf_text_files(out_dir: str | Path, hf_folder: str | Path, tokenizer: A
     dest = Path(out_dir) / HF_TEXT_DIR
     AutoConfig.from_pretrained(str(hf_folder), local_files_only=True).save_pretrained(dest)
     tokenizer.save_pretrained(dest)
+
+
+# ---- what a finished run says about itself --------------------------------------------------------
+@dataclass
+class RunSummary:
+    """A run folder's own account of how it ran (either stage): its resolved config (None when the
+    folder has no config.yaml), the train/data sections both stages share, its evaluations, the world
+    size of its last process and the last step it logged."""
+    folder: Path
+    config: Optional[dict[str, Any]]
+    train: Optional[TrainConfig]
+    data: Optional[DataConfig]
+    evals: list[EvalRecord]
+    world_size: Optional[int]
+    last_step: Optional[int]
+
+    @property
+    def global_batch(self) -> Optional[int]:
+        """Samples per optimizer step (batch_size × grad_accum × world size), when all three are known."""
+        if self.train is None or self.world_size is None:
+            return None
+        return self.train.batch_size * self.train.grad_accum * self.world_size
+
+    @classmethod
+    def read(cls, folder: str | Path) -> "RunSummary":
+        folder = Path(folder)
+        config = read_resolved_config(folder)
+        where = str(folder / CONFIG_FILE)
+        train = build(TrainConfig, config["train"], where, "train.") if config and "train" in config else None
+        data = build(DataConfig, config["data"], where, "data.") if config and "data" in config else None
+        metrics = MetricsFile(folder)
+        starts = metrics.starts()
+        steps = [r["step"] for r in metrics.read() if "step" in r]
+        return cls(folder, config, train, data, metrics.evals(), starts[-1]["world_size"] if starts else None,
+                   max(steps) if steps else None)

@@ -109,7 +109,8 @@ class ContrastiveTask:
     def save_weights(self, state_dict: dict[str, torch.Tensor], out_dir: Path) -> None:
         d, m = self.cfg.data, self.cfg.model
         model_cfg = open_clip_model_cfg(m, self.objective, d.image_size)
-        info = ClipInfo(stage=2, loss=self.cfg.loss, vision_model=m.vision_model, image_size=d.image_size)
+        info = ClipInfo(stage=2, loss=self.cfg.loss, vision_model=m.vision_model, image_size=d.image_size,
+                        init_from=str(Path(self.init).resolve()) if self.init else None)
         write_clip(out_dir, state_dict, ClipConfig(model_cfg, preprocess_cfg(d.image_size, d.augment), info))
         if m.text.hf_model:  # the export rebuilds the encoder from its config, with its tokenizer
             write_hf_text_files(out_dir, model_cfg["text_cfg"]["hf_model_name"], self.tokenizer)

@@ -10,8 +10,7 @@ from typing import Any, Iterable
 import torch
 from safetensors.torch import load_file
 
-from common.artifacts import checkpoint_dir
-from common.artifacts import read_metrics
+from common.artifacts import MetricsFile, checkpoint_dir, read_metrics
 
 
 def losses(run_dir: Path) -> dict[int, float]:
@@ -26,7 +25,7 @@ def loss_records(run_dir: Path) -> list[dict[str, Any]]:
 
 def start_records(run_dir: Path) -> list[dict[str, Any]]:
     """The record each process that trained into `run_dir` logged when it began (the engine's start record)."""
-    return [r for r in read_metrics(run_dir) if r.get("event") == "start"]
+    return MetricsFile(run_dir).starts()
 
 
 def assert_same_weights(a: Path, b: Path) -> None:

@@ -12,7 +12,7 @@ import timm
 import torch
 from PIL import Image
 
-from common.artifacts import ClipConfig, ClipInfo, NotARunError, write_clip
+from common.artifacts import ClipConfig, ClipInfo, NotARunError, write_clip, write_hf_text_files
 from common.export import export_open_clip, export_timm
 from common.config.sections import AugmentConfig
 from common.data.transforms import eval_transform, preprocess_cfg
@@ -29,21 +29,25 @@ def tiny_cfg() -> ModelConfig:
     return ModelConfig(embed_dim=32, text=TextConfig(context_length=16, width=32, heads=2, layers=2))
 
 
-def trained_like_run(tmp_path, loss: str):
-    """A 'run folder' as stage 2 writes it, from a randomly initialised model with perturbed scalars."""
+def trained_like_run(tmp_path, loss: str, cfg: ModelConfig | None = None, image_size: int = IMAGE_SIZE,
+                     name: str | None = None):
+    """A 'run folder' as stage 2 writes it (an HF text tower's files included), from a randomly
+    initialised model with perturbed scalars: (model, its config, the folder)."""
     torch.manual_seed(0)
-    cfg = tiny_cfg()
+    cfg = cfg or tiny_cfg()
     objective = Objective.from_config(loss, cfg, 16)
-    model = build_clip(cfg, objective, IMAGE_SIZE).eval()
+    model = build_clip(cfg, objective, image_size).eval()
     with torch.no_grad():
         model.logit_scale.fill_(2.0)
         if model.logit_bias is not None:
             model.logit_bias.fill_(-3.5)
-    run = tmp_path / f"run_{loss}"
+    run = tmp_path / (name or f"run_{loss}")
     run.mkdir()
-    write_clip(run, model.state_dict(), ClipConfig(open_clip_model_cfg(cfg, objective, IMAGE_SIZE),
-                                                    preprocess_cfg(IMAGE_SIZE, AugmentConfig()),
-                                                    ClipInfo(2, loss, cfg.vision_model, IMAGE_SIZE)))
+    model_cfg = open_clip_model_cfg(cfg, objective, image_size)
+    write_clip(run, model.state_dict(), ClipConfig(model_cfg, preprocess_cfg(image_size, AugmentConfig()),
+                                                    ClipInfo(2, loss, cfg.vision_model, image_size)))
+    if cfg.text.hf_model:
+        write_hf_text_files(run, model_cfg["text_cfg"]["hf_model_name"], build_tokenizer(cfg))
     return model, cfg, run
 
 
