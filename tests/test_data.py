@@ -13,17 +13,18 @@ from PIL import Image
 
 from common.config.schema import ConfigError
 from common.data import shard_list, streams
-from common.datasets.shard_writer import Record, _NoBar, encode_png, write_split
+from common.datasets.shard_writer import _NoBar, write_split
+from common.datasets.sources import EncodedImage, Record, encode_png
 
 N_SHARDS, PER_SHARD = 4, 10  # sample id i: an 8×8 gray image filled with value i, class i % 3
 
 
-def _png(i: int) -> bytes:
-    return encode_png(Image.fromarray(np.full((8, 8), i, dtype=np.uint8)))
+def _png(i: int) -> EncodedImage:
+    return "png", encode_png(Image.fromarray(np.full((8, 8), i, dtype=np.uint8)))
 
 
-def _garbage() -> bytes:
-    return b"\x89PNG\r\n\x1a\n" + b"garbage" * 10
+def _garbage() -> EncodedImage:
+    return "png", b"\x89PNG\r\n\x1a\n" + b"garbage" * 10
 
 
 @pytest.fixture(scope="module")

@@ -29,9 +29,9 @@ def read_shards(split_dir: Path) -> dict[str, dict[str, bytes]]:
     return samples
 
 
-def make_folder_source(root: Path) -> dict[tuple[str, int], str]:
-    """3 classes × 5 images (gray and RGB, several sizes, one JPEG) + a corrupt file."""
-    expected_modes = {}
+def make_folder_source(root: Path) -> dict[tuple[str, tuple[int, int]], Path]:
+    """3 classes × 5 images (gray and RGB, several sizes, one JPEG) + a corrupt file; {(class, size): file}."""
+    files = {}
     for c, name in enumerate(CLASSES):
         (root / name).mkdir(parents=True)
         for i in range(5):
@@ -40,17 +40,23 @@ def make_folder_source(root: Path) -> dict[tuple[str, int], str]:
             image = Image.new(mode, size, color=(c * 40 + i) if mode == "L" else (c * 40, i * 30, 7))
             ext = "jpg" if (c, i) == (0, 1) else "png"
             image.save(root / name / f"img{i}.{ext}")
-            expected_modes[(name, size)] = mode
+            files[(name, size)] = root / name / f"img{i}.{ext}"
     (root / "apple" / "broken.png").write_bytes(b"\x89PNG this is not an image" * 3)
-    return expected_modes
+    return files
 
 
 def opts(source: str, out: Path, **kw) -> ShardOptions:
     return ShardOptions(source=source, out=str(out), **{"samples_per_shard": 4, "test_fraction": 0.2, **kw})
 
 
-def test_folder_source_round_trip_skips_and_counts_corrupt_image(tmp_path):
-    modes = make_folder_source(tmp_path / "src")
+def image_of(sample: dict[str, bytes]) -> tuple[str, bytes]:
+    """(key, bytes) of a sample's one image."""
+    (key,) = [k for k in ("png", "jpg", "webp") if k in sample]
+    return key, sample[key]
+
+
+def test_folder_source_round_trip_keeps_the_files_bytes_and_skips_a_corrupt_image(tmp_path):
+    files = make_folder_source(tmp_path / "src")
     summary = make_shards(opts(f"folder:{tmp_path / 'src'}", tmp_path / "out"))
     out = tmp_path / "out"
     assert (out / "classnames.txt").read_text().split("\n")[:3] == sorted(CLASSES)
@@ -63,11 +69,11 @@ def test_folder_source_round_trip_skips_and_counts_corrupt_image(tmp_path):
         sizes = json.loads((out / split / "sizes.json").read_text())
         assert len(samples) == sum(sizes.values()) == summary[split]["written"]
         for sample in samples.values():
-            image = Image.open(io.BytesIO(sample["png"]))
-            label = int(sample["cls"])
-            name = sorted(CLASSES)[label]
-            assert modes[(name, image.size)] == image.mode  # size, mode and class all intact
-            assert image.size[1] == 12 + CLASSES.index(name)
+            key, payload = image_of(sample)
+            name = sorted(CLASSES)[int(sample["cls"])]
+            source = files[(name, Image.open(io.BytesIO(payload)).size)]
+            assert payload == source.read_bytes()  # the file as it was: no re-encode, class intact
+            assert key == {".png": "png", ".jpg": "jpg"}[source.suffix]
 
 
 def test_csv_source_round_trip_keeps_captions(tmp_path):
@@ -87,7 +93,7 @@ def test_csv_source_round_trip_keeps_captions(tmp_path):
     for split in ("train", "test"):
         for sample in read_shards(tmp_path / "out" / split).values():
             assert "cls" not in sample
-            red = Image.open(io.BytesIO(sample["png"])).getpixel((0, 0))[0]
+            red = Image.open(io.BytesIO(image_of(sample)[1])).getpixel((0, 0))[0]
             caption = sample["txt"].decode()
             assert caption == f"a red square, number {red // 20}"
             captions.add(caption)

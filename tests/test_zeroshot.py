@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from common.evaluation.topk import topk_accuracy
-from stage2_contrastive.zeroshot import RECALL_AT, global_caption_ids, retrieval_recall
+from stage2_contrastive.zeroshot import RECALL_AT, caption_ids, retrieval_recall
 from tests.launch import ROOT, subprocess_env, torchrun
 from tests.tasks.zeroshot_eval import CASES, CRC32_TWINS, LABEL_RANKS, EvalCase, evaluate_case, ranked_case
 
@@ -101,7 +101,7 @@ def test_distinct_captions_with_equal_crc32_stay_distinct():
     """'plumless' and 'buckeroo' share a crc32. Both images look like 'plumless', so the 'buckeroo' image
     retrieves the wrong caption first: i2t R@1 = 1/2 (merged captions would give 1)."""
     assert zlib.crc32(CRC32_TWINS[0].encode()) == zlib.crc32(CRC32_TWINS[1].encode())
-    ids = global_caption_ids([*CRC32_TWINS, CRC32_TWINS[0]])
+    ids = caption_ids([*CRC32_TWINS, CRC32_TWINS[0]])
     assert ids.tolist() == [0, 1, 0]
     texts = {CRC32_TWINS[0]: torch.tensor([1.0, 0.0]), CRC32_TWINS[1]: torch.tensor([0.0, 1.0])}
     case = EvalCase(list(CRC32_TWINS), torch.tensor([[1.0, 0.0], [0.9, 0.1]]), torch.tensor([0, 1]),
