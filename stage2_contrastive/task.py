@@ -115,8 +115,8 @@ class ContrastiveTask:
 
         metrics: dict[str, Any] = {}
         if self.data.eval_urls:
-            bias = clip.logit_bias if getattr(clip, "logit_bias", None) is not None else None
-            loss = PairLoss(self.eval_loss_fn, clip.logit_scale.exp(), bias, self.run.global_micro_batch)
+            loss = PairLoss(self.eval_loss_fn, clip.logit_scale.exp(), getattr(clip, "logit_bias", None),
+                            self.run.global_micro_batch)
             batches = self.data.eval_batches(self._eval_sample, final)
             metrics.update(evaluate_clip(encode_image, encode_text, batches, self.data.classnames,
                                          self.templates, device, loss))

@@ -63,7 +63,8 @@ def write_img2dataset_shards(out: Path, images: "np.ndarray", captions: list[str
                         (f"{key}.json", json.dumps(meta).encode())]
         write_tar(out / f"{shard:05d}.tar", members)
         (out / f"{shard:05d}.parquet").write_bytes(b"PAR1" + b"\0" * 16 + b"PAR1")
-        (out / f"{shard:05d}_stats.json").write_text(json.dumps({"count": count, "successes": count, "failed_to_download": 0}))
+        stats = {"count": count, "successes": count, "failed_to_download": 0}
+        (out / f"{shard:05d}_stats.json").write_text(json.dumps(stats))
     return out
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import io
 import itertools
 import shutil
 from pathlib import Path
@@ -172,3 +173,14 @@ def test_eval_loader_workers_decode_the_same_samples_in_parallel(shards):
     workers = list(streams.make_eval_loader(urls, identify, 7, rank=1, world_size=2, num_workers=2))
     assert sorted(ids(workers)) == sorted(in_process) and len(ids(workers)) == len(in_process)
     assert ids(workers) != in_process  # really interleaved from two workers, not one reading everything
+
+
+def test_images_are_decoded_upright_as_their_exif_orientation_says(tmp_path):
+    """A camera JPEG kept byte for byte (make_shards does not re-encode): 40×20 stored, orientation 6
+    (rotate 90° clockwise to view) → the stream sees it 20×40, as any viewer shows it."""
+    from common.data.samples import _decode
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored = io.BytesIO()
+    Image.new("RGB", (40, 20), (200, 0, 0)).save(stored, format="JPEG", exif=exif.tobytes())
+    assert _decode({"jpg": stored.getvalue()}).size == (20, 40)

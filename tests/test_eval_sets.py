@@ -50,7 +50,8 @@ def reference_zeroshot(task: ContrastiveTask, clip: torch.nn.Module, shards: Pat
 def test_a_zero_shot_set_takes_its_class_names_and_templates_from_files(fmnist_shards, tmp_path):
     (tmp_path / "names.txt").write_text("\n".join(NAMES) + "\n")
     (tmp_path / "templates.txt").write_text("\n".join(TEMPLATES) + "\n")
-    item = zeroshot_item(fmnist_shards / "test", classnames=tmp_path / "names.txt", templates=tmp_path / "templates.txt")
+    item = zeroshot_item(fmnist_shards / "test", classnames=tmp_path / "names.txt",
+                         templates=tmp_path / "templates.txt")
     cfg = load_config(Stage2Config, CONFIG, [*TINY_STAGE2, f"data.train_shards={fmnist_shards / 'train'}",
                                              "data.eval_shards=", item])
     task = ContrastiveTask(cfg, single_process_run())
@@ -80,7 +81,8 @@ def test_img2dataset_shards_train_and_evaluate_without_labels(caption_shards, fm
     final = [r["eval"] for r in records if "eval" in r][-1]
     assert set(final) == {"n", "loss", "fm", *(f"{d}_R@{k}" for d in ("i2t", "t2i") for k in (1, 5, 10))}
     assert final["n"] == 32 and final["loss"] > 0 and 0 < final["i2t_R@10"] <= 1
-    assert set(final["fm"]) == {"zeroshot_top1", "zeroshot_top5", "n"} and final["fm"]["n"] == 128  # the whole set at the end
+    assert set(final["fm"]) == {"zeroshot_top1", "zeroshot_top5", "n"}
+    assert final["fm"]["n"] == 128  # the whole set at the end
     line = [out for out in capsys.readouterr().out.splitlines() if out.startswith("final eval")][-1]
     assert all(f"{key}=" in line for key in ("n", "loss", "i2t_R@1", "t2i_R@10", "fm/zeroshot_top1", "fm/n")), line
 

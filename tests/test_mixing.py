@@ -15,7 +15,7 @@ from common.data.streams import StreamSource, make_train_loader
 from common.datasets.shard_writer import _NoBar, write_split
 from common.datasets.sources import Record
 from stage2_contrastive.train import main
-from tests.run_records import assert_resumed_exactly, loss_records
+from tests.run_records import assert_same_weights, loss_records, start_records
 from tests.test_data import _png, identify, ids
 
 WEIGHTS = {"a": 3.0, "b": 1.0}
@@ -66,15 +66,20 @@ def test_a_mixed_run_resumes_exactly_and_counts_draws_per_source(stage2_override
     shards = [f"{train}/shard-{i:06d}.tar" for i in range(4)]
     mix = (f"data.train_shards=[{{shards: '{shards[0]},{shards[1]}', weight: 3, name: a}}, "
            f"{{shards: '{shards[2]},{shards[3]}', weight: 1, name: b}}]")
+    # logged at steps 3 and 4, saved at 2: the draws of steps 1-2 reach the log only through the checkpoint
     args = ["--config", "configs/stage2/fmnist_tiny.yaml", *stage2_overrides, mix, "train.steps=4",
-            "train.save_every=2", "data.eval_max_samples=16", "data.final_eval_max_samples=16"]
+            "train.save_every=2", "train.log_every=3", "data.eval_max_samples=16", "data.final_eval_max_samples=16"]
     assert main(args) == 0
     crashed = tmp_path / "crashed"
     shutil.copytree(tmp_path / "run", crashed)  # as if killed after step 2's save
     shutil.rmtree(crashed / "checkpoints" / "step_00000004")
     (crashed / "model.safetensors").unlink()
     assert main([*args, f"train.output_dir={crashed}", "--resume", "auto"]) == 0
-    assert_resumed_exactly(crashed, tmp_path / "run", from_step=2)
-    draws = [r["source_draws"] for r in loss_records(tmp_path / "run")]
-    assert [r["source_draws"] for r in loss_records(crashed)] == draws  # the counts survive the resume
-    assert [sum(d.values()) for d in draws] == [8 * step for step in range(1, 5)] and set(draws[-1]) == {"a", "b"}
+    assert [r["step"] for r in start_records(crashed)] == [0, 2]
+    reference, resumed = loss_records(tmp_path / "run"), loss_records(crashed)
+    assert [(r["step"], r["source_draws"]) for r in resumed] == [(r["step"], r["source_draws"]) for r in reference]
+    assert resumed[-1]["loss"] == reference[-1]["loss"]  # step 4's window: the same batch after the resume
+    assert_same_weights(crashed, tmp_path / "run")
+    draws = [r["source_draws"] for r in reference]
+    assert [r["step"] for r in reference] == [3, 4] and [sum(d.values()) for d in draws] == [24, 32]
+    assert set(draws[-1]) == {"a", "b"}

@@ -164,11 +164,13 @@ def all_files(root: Path) -> dict[str, bytes]:
 
 def test_two_workers_write_byte_identical_output(tmp_path):
     make_folder_source(tmp_path / "src")
+    for i in range(60):  # enough images for several chunks of work per worker
+        Image.new("L", (6 + i % 5, 7), i).save(tmp_path / "src" / CLASSES[i % 3] / f"extra{i}.png")
     for workers in (1, 2):
         summary = make_shards(opts(f"folder:{tmp_path / 'src'}", tmp_path / f"w{workers}", workers=workers))
         assert summary["train"]["skipped_bad_image"] + summary["test"]["skipped_bad_image"] == 1
     one, two = all_files(tmp_path / "w1"), all_files(tmp_path / "w2")
-    assert sum(name.endswith(".tar") for name in one) >= 4 and one == two
+    assert sum(name.endswith(".tar") for name in one) >= 15 and one == two
 
 
 def test_resize_downscales_and_re_encodes_only_large_images(tmp_path):
@@ -225,7 +227,7 @@ def test_csv_column_errors_name_the_flag(tmp_path, capsys, header, flags, messag
     assert code == 2 and message in err and "\n" not in err, err
 
 
-def test_imagefolder_val_writes_a_zero_shot_set_in_clip_benchmarks_layout(tmp_path):
+def test_imagefolder_val_writes_a_zero_shot_set_in_clip_benchmarks_layout(tmp_path, capsys):
     """Synset folders (a subset of the mapping, one unlisted in it would be an error) → test/0.tar … with
     nshards.txt, labels = the synsets' lines in the mapping file, classnames.txt in the mapping's order,
     and the templates with {c}."""
@@ -236,9 +238,9 @@ def test_imagefolder_val_writes_a_zero_shot_set_in_clip_benchmarks_layout(tmp_pa
         for i in range(count):
             Image.new("RGB", (12, 10), (i, 0, 0)).save(tmp_path / "val" / synset / f"{i}.JPEG")
     out = tmp_path / "set"
-    assert make_shards_cli(["--source", f"imagefolder-val:{tmp_path / 'val'}", "--classnames", str(tmp_path / "map.txt"),
-                            "--out", str(out), "--layout", "clip_benchmark", "--samples-per-shard", "2",
-                            "--templates", "openai_imagenet"]) == 0
+    assert make_shards_cli(["--source", f"imagefolder-val:{tmp_path / 'val'}", "--classnames",
+                            str(tmp_path / "map.txt"), "--out", str(out), "--layout", "clip_benchmark",
+                            "--samples-per-shard", "2", "--templates", "openai_imagenet"]) == 0
     assert sorted(p.name for p in (out / "test").glob("*.tar")) == ["0.tar", "1.tar", "2.tar"]
     assert (out / "test" / "nshards.txt").read_text().strip() == "3" and not (out / "train").exists()
     assert (out / "classnames.txt").read_text().splitlines() == ["tench", "goldfish", "great white shark"]
@@ -249,4 +251,4 @@ def test_imagefolder_val_writes_a_zero_shot_set_in_clip_benchmarks_layout(tmp_pa
     (tmp_path / "val" / "n99999999").mkdir()
     code = make_shards_cli(["--source", f"imagefolder-val:{tmp_path / 'val'}", "--classnames",
                             str(tmp_path / "map.txt"), "--out", str(tmp_path / "bad")])
-    assert code == 2
+    assert code == 2 and "folder n99999999 of imagefolder-val" in capsys.readouterr().err
