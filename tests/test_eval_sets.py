@@ -65,6 +65,27 @@ def test_a_zero_shot_set_takes_its_class_names_and_templates_from_files(fmnist_s
     assert expected != reference_zeroshot(task, clip, fmnist_shards / "test", own_names, TEMPLATES)  # it can tell
 
 
+@pytest.mark.parametrize("loss", ["softmax", "sigmoid"])
+@torch.no_grad()
+def test_the_held_out_loss_is_the_runs_own_loss_on_chunks_of_one_training_batch(fmnist_shards, loss):
+    """The model's own forward and the run's loss module on consecutive chunks of `train.batch_size` held-out
+    pairs (eval transform, first template), averaged: the eval's `loss`."""
+    cfg = load_config(Stage2Config, CONFIG, [*TINY_STAGE2, f"loss={loss}", "data.eval_max_samples=20",
+                                             f"data.train_shards={fmnist_shards / 'train'}",
+                                             f"data.eval_shards={fmnist_shards / 'test'}"])
+    task = ContrastiveTask(cfg, single_process_run(cfg.train.batch_size))
+    torch.manual_seed(0)
+    clip = task.build_model().eval()
+    rows = [r for b in task.data.eval_batches(task._eval_sample, final=False) for r in zip(b["image"], b["caption"])]
+    chunks = [rows[s:s + 8] for s in (0, 8)]  # 20 pairs: two full chunks of 8, the last 4 left out
+    values = []
+    for chunk in chunks:
+        out = clip(torch.stack([image for image, _ in chunk]), task.tokenizer([caption for _, caption in chunk]))
+        values.append(float(task.loss_fn(out["image_features"], out["text_features"], out["logit_scale"],
+                                         out.get("logit_bias"))))
+    assert task.evaluate(clip)["loss"] == pytest.approx(sum(values) / 2, abs=1e-5)
+
+
 @pytest.mark.slow
 def test_img2dataset_shards_train_and_evaluate_without_labels(caption_shards, fmnist_shards, tmp_path, capsys):
     """img2dataset's output as it is (jpg + txt + json, parquet and stats files beside): stage 2 trains on
@@ -93,7 +114,7 @@ def check(cfg: Stage2Config) -> None:
 
 @pytest.mark.parametrize("case, message", [
     ("caption_only", "carry no class label (cls) — a zero-shot set needs labelled shards"),
-    ("too_few_names", "eval.zeroshot[0].classnames names 5 classes but"),
+    ("too_few_names", "eval.zeroshot[0].classnames names 9 classes but"),  # labels 0-9: one name short
     ("other_length", "names 12 classes, the set's own"),
     ("missing_names", "eval.zeroshot[0].classnames='/nonexistent/names.txt' does not exist"),
     ("no_names_beside", "has no classnames.txt beside its shards — set eval.zeroshot[0].classnames"),
@@ -103,13 +124,13 @@ def check(cfg: Stage2Config) -> None:
 ])
 def test_sets_that_cannot_be_what_the_config_says_are_one_line_errors(fmnist_shards, caption_shards, tmp_path,
                                                                        case, message):
-    for count in (5, 12):
+    for count in (5, 9, 12):
         (tmp_path / f"names{count}.txt").write_text("\n".join(f"c{i}" for i in range(count)) + "\n")
     (tmp_path / "templates.txt").write_text("a photo of a thing.\n")
     test = fmnist_shards / "test"
     override = {
         "caption_only": zeroshot_item(caption_shards / "test", classnames=tmp_path / "names5.txt"),
-        "too_few_names": zeroshot_item(test, classnames=tmp_path / "names5.txt"),
+        "too_few_names": zeroshot_item(test, classnames=tmp_path / "names9.txt"),
         "other_length": zeroshot_item(test, classnames=tmp_path / "names12.txt"),
         "missing_names": zeroshot_item(test, classnames="/nonexistent/names.txt"),
         "no_names_beside": zeroshot_item(caption_shards / "test"),

@@ -218,7 +218,10 @@ class Trainer:
         return iter(self.task.train_batches(data_seed(self.cfg.seed, self.step)))
 
     def _merge_draws(self) -> None:
-        """Add every rank's draws per source since the last merge to the run's totals (a collective)."""
+        """Add every rank's draws per source since the last merge to the run's totals (a collective; no
+        rank has any without mixed sources, and every rank some after a step with them: all skip or none)."""
+        if not self.new_draws:
+            return
         for draws in gather_objects([dict(self.new_draws)]):
             self.source_draws.update(draws)
         self.new_draws.clear()
