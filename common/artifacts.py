@@ -154,6 +154,7 @@ class EngineState:
     bad_steps: int = 0
     skipped_samples: int = 0
     schedule: dict[str, int] = field(default_factory=dict)  # {"steps", "global_batch"} it was trained with
+    source_draws: dict[str, int] = field(default_factory=dict)  # samples drawn per training source, all ranks
 
     def write(self, checkpoint: Path) -> None:
         (Path(checkpoint) / ENGINE_STATE_FILE).write_text(json.dumps(dataclasses.asdict(self)))

@@ -1,5 +1,6 @@
-"""Zero-shot top-1/top-5 and retrieval of ANY open_clip model on webdataset shards, with the shared
-prompt templates: `python scripts/eval_zeroshot.py --model local-dir:OUT_DIR --data SHARD_DIR`
+"""Zero-shot top-1/top-5 and retrieval of ANY open_clip model on a labelled webdataset set, with the class
+names and templates a run's `eval.zeroshot` item would use (common/data/eval_sets.py):
+`python scripts/eval_zeroshot.py --model local-dir:OUT_DIR --data SHARD_DIR`
 (or `--model ViT-B-32 --pretrained /path/weights.bin`). Prints one JSON line."""
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import time
 import open_clip
 import torch
 
-from common.data.shard_list import read_classnames, resolve_shards
+from common.config.schema import ConfigError
+from common.config.sections import ZeroShotSetConfig
+from common.data.eval_sets import check_label, resolve_zeroshot_set
 from common.data.streams import make_eval_loader
-from common.data.templates import caption_of, get_templates
+from common.data.templates import caption_of
 from stage2_contrastive.zeroshot import evaluate_clip
 
 
@@ -22,35 +25,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True, help="local-dir:FOLDER or a built-in open_clip name")
     parser.add_argument("--pretrained", default=None, help="local weights file for a built-in name")
     parser.add_argument("--data", required=True, help="eval shards: folder, brace pattern or comma list")
-    parser.add_argument("--templates", default="simple")
+    parser.add_argument("--classnames", default="", help="class-name file (default: classnames.txt beside --data)")
+    parser.add_argument("--templates", default="",
+                        help="template set or file (default: zeroshot_classification_templates.txt beside "
+                             "--data, else simple)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--max-samples", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1, help="image-decoding loader processes (0: in-process)")
     args = parser.parse_args(argv)
     try:
-        urls = resolve_shards(args.data)
-        classnames = read_classnames(args.data)
-        if not classnames:
-            raise FileNotFoundError(f"no classnames.txt beside '{args.data}' — zero-shot needs class names")
+        zs = resolve_zeroshot_set(ZeroShotSetConfig("data", args.data, args.classnames, args.templates), 0, "simple")
         model, _, preprocess = open_clip.create_model_and_transforms(args.model, pretrained=args.pretrained)
         tokenizer = open_clip.get_tokenizer(args.model)
-    except (FileNotFoundError, ValueError, RuntimeError) as err:
+    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device).eval()
-    templates = get_templates(args.templates)
 
     def sample(image, meta):
-        caption = caption_of(meta, classnames, templates, 0)
-        return {"image": preprocess(image), "label": meta["cls"], "caption": caption}
+        caption = caption_of(meta, zs.classnames, zs.templates, 0)
+        return {"image": preprocess(image), "label": check_label(meta, len(zs.classnames)), "caption": caption,
+                "index": meta["index"]}
 
     start = time.perf_counter()
-    batches = make_eval_loader(urls, sample, args.batch_size, max_samples=args.max_samples,
+    batches = make_eval_loader(list(zs.urls), sample, args.batch_size, max_samples=args.max_samples,
                                num_workers=args.workers)
     metrics = evaluate_clip(lambda x: model.encode_image(x, normalize=True),
                             lambda t: model.encode_text(tokenizer(t).to(device), normalize=True),
-                            batches, classnames, templates, device)
+                            batches, zs.classnames, zs.templates, device)
     metrics.update(model=args.model, data=args.data, seconds=round(time.perf_counter() - start, 1))
     print(json.dumps(metrics))
     return 0

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from common.config.schema import ConfigError
-from common.config.sections import DataConfig, OptimConfig, TrainConfig
+from common.config.sections import DataConfig, EvalConfig, OptimConfig, TrainConfig
 from common.train.context import RunContext
 from common.vision.attention import AttentionBackend, check_attention_backend
 from common.vision.trunk import check_vision_config, patch_grid
@@ -55,6 +55,7 @@ class Stage1Config:
     mask: MaskConfig = field(default_factory=MaskConfig)
     probe: bool = True  # zero-shot probe of the student's tokens against the teacher's text embeddings
     data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(output_dir="runs/stage1"))
     optim: OptimConfig = field(default_factory=OptimConfig)
 
@@ -63,5 +64,5 @@ class Stage1Config:
         num_masked_for_ratio(patch_grid(self.student.vision_model, self.data.image_size), self.mask.ratio)
 
     def validate_run(self, run: RunContext) -> None:
-        from common.data.shard_list import require_one_global_batch
-        require_one_global_batch(self.data.train_shards, run.micro_batch, run.world_size)
+        from common.data.run_data import check_run_data
+        check_run_data(self.data, self.eval, run.micro_batch, run.world_size)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -11,9 +11,12 @@ from PIL import Image
 from torch import nn
 
 from common.artifacts import TrunkInfo, write_trunk
+from common.data.eval_sets import check_label
 from common.data.run_data import RunData
-from common.data.templates import build_zeroshot_classifier, get_templates
+from common.data.templates import Template, build_zeroshot_classifier, get_templates
 from common.data.transforms import eval_transform, train_transform
+from common.evaluation.classify import zeroshot_accuracy
+from common.evaluation.dist import sum_across_ranks
 from common.evaluation.topk import TopKCounter
 from common.train.context import RunContext
 from common.train.optim import tower_param_groups
@@ -25,6 +28,7 @@ from stage1_mim.model import MaskedEvaStudent
 from stage1_mim.teacher import FrozenTeacher, build_teacher
 
 log = logging.getLogger("evaclip")
+EVAL_MASK_SEED = 0  # held-out masks: sample i of the split gets mask(default_rng([EVAL_MASK_SEED, i])) in every run
 
 
 class MimTask:
@@ -34,7 +38,7 @@ class MimTask:
     def __init__(self, cfg: Stage1Config, run: RunContext):
         self.cfg, self.run = cfg, run
         d, s, m = cfg.data, cfg.student, cfg.mask
-        self.data = RunData(d, run.rank, run.world_size, run.micro_batch)
+        self.data = RunData(d, cfg.eval, run.rank, run.world_size, run.micro_batch)
         self.templates = get_templates(d.templates)
         self.train_tf, self.eval_tf = train_transform(d.image_size, d.augment), eval_transform(d.image_size, d.augment)
         self.grid = patch_grid(s.vision_model, d.image_size)
@@ -66,9 +70,15 @@ class MimTask:
         return {"image": self.train_tf(image), "mask": mask}
 
     def _eval_sample(self, image: Image.Image, meta: dict[str, Any]) -> dict[str, Any]:
-        if meta.get("cls") is None:
-            raise ValueError(f"eval sample {meta.get('key')} has no class label (cls)")
-        return {"image": self.eval_tf(image), "label": meta["cls"]}
+        """A held-out image with its fixed mask (a function of its position in the split) and label (−1: none)."""
+        mask = self.masker(np.random.default_rng([EVAL_MASK_SEED, meta["index"]])).reshape(-1)
+        label = meta["cls"] if meta["cls"] is not None else -1
+        return {"image": self.eval_tf(image), "mask": torch.from_numpy(mask), "label": label}
+
+    def _probe_sample(self, num_classes: int) -> Any:
+        def sample(image: Image.Image, meta: dict[str, Any]) -> dict[str, Any]:
+            return {"image": self.eval_tf(image), "label": check_label(meta, num_classes)}
+        return sample
 
     def train_batches(self, seed: int) -> Iterator[dict[str, Any]]:
         return self.data.train_batches(self._train_sample, seed)
@@ -84,23 +94,62 @@ class MimTask:
     def after_optimizer_step(self, model: nn.Module, step: int) -> None:
         pass
 
-    # ---- probe & weights ---------------------------------------------------------------------
-    def evaluate(self, student: nn.Module, final: bool = False) -> dict[str, float]:
-        """Zero-shot probe: the student's pooled token predictions on unmasked images, classified against
-        the teacher's text embeddings of the prompt templates; top-1/top-5 over the eval split."""
-        if not (self.cfg.probe and self.data.eval_urls and self.data.classnames):
-            return {}
-        device = self.run.device
-        self.teacher.to(device)
-        classifier = build_zeroshot_classifier(self.teacher.encode_text, self.data.classnames,
-                                               self.templates).to(device)
+    # ---- eval & weights ----------------------------------------------------------------------
+    def evaluate(self, student: nn.Module, final: bool = False) -> dict[str, Any]:
+        """Held-out split: the masked cosine `loss` on fixed masks (labels or not) and, with class names
+        and labels, the zero-shot probe; then the probe on every `eval.zeroshot` set, under its name.
+        The probe: the student's pooled token predictions on unmasked images, classified against the
+        teacher's text embeddings of the prompt templates (top-1/top-5)."""
+        metrics: dict[str, Any] = {}
+        self.teacher.to(self.run.device)
+        if self.data.eval_urls:
+            metrics.update(self._heldout(student, final))
+        if self.cfg.probe:
+            for zs in self.data.zeroshot_sets:
+                batches = self.data.eval_batches(self._probe_sample(len(zs.classnames)), final, zs.urls)
+                metrics[zs.name] = self._probe(student, batches, zs.classnames, zs.templates)
+        return metrics
+
+    def _heldout(self, student: nn.Module, final: bool) -> dict[str, Any]:
+        """{loss, n} over every rank, + the probe's top-1/top-5 over the labelled samples when class names
+        are known."""
+        device, dtype = self.run.device, next(student.parameters()).dtype
+        probing = self.cfg.probe and bool(self.data.classnames)
+        classifier = self._classifier(self.data.classnames, self.templates) if probing else None
         counter = TopKCounter((1, 5))
-        dtype = next(student.parameters()).dtype
+        sums = torch.zeros(3, dtype=torch.float64, device=device)  # Σ (1 − cos) on masked tokens, tokens, samples
         for batch in self.data.eval_batches(self._eval_sample, final):
-            images, labels = batch["image"].to(device, dtype), batch["label"].to(device)
-            pooled = torch.nn.functional.normalize(student(images, None).float().mean(dim=1), dim=-1)
-            counter.update(pooled @ classifier.float(), labels)
-        return counter.result("probe", device)
+            images, mask = batch["image"].to(device, dtype), batch["mask"].to(device).bool()
+            loss = masked_cosine_loss(student(images, mask), self.teacher.patch_targets(images), mask)
+            tokens = mask.sum().double()
+            sums += torch.stack([loss.double() * tokens, tokens, tokens.new_tensor(float(images.shape[0]))])
+            keep = batch["label"] >= 0
+            if classifier is not None and bool(keep.any()):
+                counter.update(self._pooled(student, images[keep.to(device)]) @ classifier, batch["label"][keep])
+        sums = sum_across_ranks(sums)
+        if sums[2] == 0:
+            raise ValueError("the eval split is empty — check data.eval_shards")
+        metrics: dict[str, Any] = {"loss": float(sums[0] / sums[1]), "n": int(sums[2])}
+        if classifier is not None:
+            probe = counter.result("probe", device, allow_empty=True)
+            metrics.update({k: v for k, v in probe.items() if k != "n"})
+        return metrics
+
+    def _classifier(self, classnames: Sequence[str], templates: Sequence[Template]) -> torch.Tensor:
+        """The teacher's zero-shot classifier `[D, C]` float32 on the run's device."""
+        classifier = build_zeroshot_classifier(self.teacher.encode_text, classnames, templates)
+        return classifier.to(self.run.device).float()
+
+    @staticmethod
+    def _pooled(student: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """The student's mean token prediction on unmasked images, L2-normalised: `[B, D]` float32."""
+        dtype = next(student.parameters()).dtype
+        return torch.nn.functional.normalize(student(images.to(dtype), None).float().mean(dim=1), dim=-1)
+
+    def _probe(self, student: nn.Module, batches: Any, classnames: Sequence[str],
+               templates: Sequence[Template]) -> dict[str, Any]:
+        return zeroshot_accuracy(lambda images: self._pooled(student, images),
+                                 self._classifier(classnames, templates), batches, self.run.device, prefix="probe")
 
     def save_weights(self, state_dict: dict[str, torch.Tensor], out_dir: Path) -> None:
         """`student_trunk.safetensors`: the timm trunk only (timm key names; no head, no mask token)."""

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from common.config.schema import ConfigError
-from common.config.sections import DataConfig, OptimConfig, TrainConfig
+from common.config.sections import DataConfig, EvalConfig, OptimConfig, TrainConfig
 from common.train.context import RunContext
 from common.vision.attention import AttentionBackend, check_attention_backend
 from common.vision.trunk import check_vision_config
@@ -62,6 +62,7 @@ class Stage2Config:
     loss: LossKind = "softmax"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(output_dir="runs/stage2"))
     optim: OptimConfig = field(default_factory=OptimConfig)
 
@@ -81,8 +82,8 @@ class Stage2Config:
 
     def validate_run(self, run: RunContext) -> None:
         """Checks that depend on the run: one global batch of data, a text lock that can lift."""
-        from common.data.shard_list import require_one_global_batch
-        require_one_global_batch(self.data.train_shards, run.micro_batch, run.world_size)
+        from common.data.run_data import check_run_data
+        check_run_data(self.data, self.eval, run.micro_batch, run.world_size)
         lock = self.model.text.lock_steps
         if lock > 0 and (run.world_size > 1 or run.deepspeed):
             raise ConfigError(f"model.text.lock_steps={lock} (a lock lifted during training) needs a single "

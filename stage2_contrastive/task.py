@@ -10,15 +10,17 @@ from PIL import Image
 from torch import nn
 
 from common.artifacts import ClipConfig, ClipInfo, write_clip, write_hf_text_files
+from common.data.eval_sets import ZeroShotSet, check_label
 from common.data.run_data import RunData
-from common.data.templates import caption_of, get_templates
+from common.data.templates import build_zeroshot_classifier, caption_of, get_templates
 from common.data.transforms import eval_transform, preprocess_cfg, train_transform
+from common.evaluation.classify import zeroshot_accuracy
 from common.train.context import RunContext
 from common.train.optim import tower_param_groups
 from stage2_contrastive.config import Stage2Config
 from stage2_contrastive.model import build_clip, build_tokenizer, open_clip_model_cfg, set_text_lock, text_param_groups
 from stage2_contrastive.objective import Objective
-from stage2_contrastive.zeroshot import evaluate_clip
+from stage2_contrastive.zeroshot import PairLoss, evaluate_clip
 
 log = logging.getLogger("evaclip")
 
@@ -29,13 +31,14 @@ class ContrastiveTask:
 
     def __init__(self, cfg: Stage2Config, run: RunContext, init: str | Path | None = None):
         self.cfg, self.run, self.init = cfg, run, init
-        self.data = RunData(cfg.data, run.rank, run.world_size, run.micro_batch)
+        self.data = RunData(cfg.data, cfg.eval, run.rank, run.world_size, run.micro_batch)
         self.templates = get_templates(cfg.data.templates)
         self.tokenizer = build_tokenizer(cfg.model)
         size, aug = cfg.data.image_size, cfg.data.augment
         self.train_tf, self.eval_tf = train_transform(size, aug), eval_transform(size, aug)
         self.objective = Objective.from_config(cfg.loss, cfg.model, run.global_micro_batch)
         self.loss_fn = self.objective.loss(run.rank, run.world_size)
+        self.eval_loss_fn = self.objective.loss(0, 1)  # on the gathered held-out features, on every rank
         self.text_tower: nn.Module | None = None  # the model's text tower, for `lock_steps`
 
     # ---- model -------------------------------------------------------------------------------
@@ -67,12 +70,19 @@ class ContrastiveTask:
 
     # ---- data --------------------------------------------------------------------------------
     def _train_sample(self, image: Image.Image, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
-        caption = caption_of(meta, self.data.classnames, self.templates, None)
+        caption = caption_of(meta, self.data.train_classnames(meta), self.templates, None)
         return {"image": self.train_tf(image), "text": self.tokenizer([caption])[0]}
 
     def _eval_sample(self, image: Image.Image, meta: dict[str, Any]) -> dict[str, Any]:
+        """A held-out pair: image, caption (its first, or the label's first template), label (−1: none)."""
         caption = caption_of(meta, self.data.classnames, self.templates, 0)
-        return {"image": self.eval_tf(image), "label": meta["cls"], "caption": caption}
+        label = meta["cls"] if meta["cls"] is not None else -1
+        return {"image": self.eval_tf(image), "label": label, "caption": caption, "index": meta["index"]}
+
+    def _zeroshot_sample(self, zs: ZeroShotSet) -> Any:
+        def sample(image: Image.Image, meta: dict[str, Any]) -> dict[str, Any]:
+            return {"image": self.eval_tf(image), "label": check_label(meta, len(zs.classnames))}
+        return sample
 
     def train_batches(self, seed: int) -> Iterator[dict[str, Any]]:
         return self.data.train_batches(self._train_sample, seed)
@@ -93,8 +103,8 @@ class ContrastiveTask:
 
     # ---- eval & weights ----------------------------------------------------------------------
     def evaluate(self, clip: nn.Module, final: bool = False) -> dict[str, float]:
-        if not self.data.eval_urls or not self.data.classnames:
-            return {}
+        """Held-out split: loss, retrieval, zero-shot when labelled (`zeroshot.evaluate_clip`); then every
+        `eval.zeroshot` set's top-1/top-5 under its name."""
         device, dtype = self.run.device, next(clip.parameters()).dtype
 
         def encode_text(texts: list[str]) -> torch.Tensor:
@@ -103,8 +113,18 @@ class ContrastiveTask:
         def encode_image(images: torch.Tensor) -> torch.Tensor:
             return clip.encode_image(images.to(device, dtype), normalize=True)
 
-        batches = self.data.eval_batches(self._eval_sample, final)
-        return evaluate_clip(encode_image, encode_text, batches, self.data.classnames, self.templates, device)
+        metrics: dict[str, Any] = {}
+        if self.data.eval_urls:
+            loss = PairLoss(self.eval_loss_fn, clip.logit_scale.exp(), getattr(clip, "logit_bias", None),
+                            self.run.global_micro_batch)
+            batches = self.data.eval_batches(self._eval_sample, final)
+            metrics.update(evaluate_clip(encode_image, encode_text, batches, self.data.classnames,
+                                         self.templates, device, loss))
+        for zs in self.data.zeroshot_sets:
+            classifier = build_zeroshot_classifier(encode_text, zs.classnames, zs.templates)
+            batches = self.data.eval_batches(self._zeroshot_sample(zs), final, zs.urls)
+            metrics[zs.name] = zeroshot_accuracy(encode_image, classifier, batches, device)
+        return metrics
 
     def save_weights(self, state_dict: dict[str, torch.Tensor], out_dir: Path) -> None:
         d, m = self.cfg.data, self.cfg.model

@@ -40,3 +40,42 @@ def fmnist_shards(tmp_path_factory) -> Path:
 def stage2_overrides(fmnist_shards, tmp_path) -> list[str]:
     return [f"data.train_shards={fmnist_shards / 'train'}", f"data.eval_shards={fmnist_shards / 'test'}",
             f"train.output_dir={tmp_path / 'run'}", *TINY_STAGE2]
+
+
+def write_img2dataset_shards(out: Path, images: "np.ndarray", captions: list[str], per_shard: int) -> Path:
+    """What img2dataset writes with `--output_format webdataset`: NNNNN.tar holding KEY.jpg (RGB JPEG),
+    KEY.txt and KEY.json per sample, and beside each tar NNNNN.parquet and NNNNN_stats.json. The parquet
+    files are placeholders (nothing here reads them, and pyarrow is not a dependency)."""
+    import io
+    import json
+    from PIL import Image
+    from tests.run_records import write_tar
+    out.mkdir(parents=True)
+    for shard, start in enumerate(range(0, len(captions), per_shard)):
+        members, count = [], min(per_shard, len(captions) - start)
+        for i in range(start, start + count):
+            key = f"{shard:05d}{i - start:04d}"
+            jpg = io.BytesIO()
+            Image.fromarray(images[i]).convert("RGB").save(jpg, format="JPEG", quality=90)
+            meta = {"url": f"https://example.com/{i}.jpg", "caption": captions[i], "key": key, "status": "success",
+                    "error_message": None, "width": 28, "height": 28}
+            members += [(f"{key}.jpg", jpg.getvalue()), (f"{key}.txt", captions[i].encode()),
+                        (f"{key}.json", json.dumps(meta).encode())]
+        write_tar(out / f"{shard:05d}.tar", members)
+        (out / f"{shard:05d}.parquet").write_bytes(b"PAR1" + b"\0" * 16 + b"PAR1")
+        stats = {"count": count, "successes": count, "failed_to_download": 0}
+        (out / f"{shard:05d}_stats.json").write_text(json.dumps(stats))
+    return out
+
+
+@pytest.fixture(scope="session")
+def caption_shards(tmp_path_factory) -> Path:
+    """Caption-only pairs in img2dataset's layout (no labels, no classnames.txt): ROOT/train (64 Fashion-MNIST
+    images, 4 shards) and ROOT/test (32, 2 shards), each caption naming the garment and the item."""
+    from common.datasets.fashion_mnist import CLASSNAMES, load_split, locate_fashion_mnist
+    root = tmp_path_factory.mktemp("img2dataset")
+    for split, count in (("train", 64), ("test", 32)):
+        images, labels = load_split(locate_fashion_mnist(), split)
+        captions = [f"a {CLASSNAMES[int(labels[i])].lower()} on a plain background, item {i}" for i in range(count)]
+        write_img2dataset_shards(root / split, images, captions, per_shard=16)
+    return root

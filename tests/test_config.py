@@ -95,3 +95,51 @@ def test_override_of_a_section_beside_a_nested_section_without_a_file():
     from stage2_contrastive.config import Stage2Config
     cfg = load_config(Stage2Config, None, ["data.image_size=28", "data.augment.hflip=true"])
     assert cfg.data.image_size == 28 and cfg.data.augment.hflip is True
+
+
+# ---- lists of sections: `eval.zeroshot`, `data.train_shards` ---------------------------------------
+ZEROSHOT_SETS = """\
+eval:
+  zeroshot:
+    - {name: imagenet, shards: /data/in1k/test, classnames: /data/in1k/names.txt, templates: openai_imagenet}
+    - {name: fm, shards: /data/fm/test}
+data:
+  train_shards:
+    - {shards: /data/laion, weight: 3}
+    - {shards: /data/cc12m, weight: 1, name: cc}
+"""
+
+
+def test_a_list_of_sections_loads_typed_with_defaults_and_round_trips(tmp_path):
+    from common.config.sections import ShardSource, ZeroShotSetConfig
+    from stage2_contrastive.config import Stage2Config
+    cfg = load_config(Stage2Config, write(tmp_path, ZEROSHOT_SETS))
+    first, second = cfg.eval.zeroshot
+    assert isinstance(first, ZeroShotSetConfig) and (first.name, first.templates) == ("imagenet", "openai_imagenet")
+    assert (second.name, second.classnames, second.templates) == ("fm", "", "")  # defaults fill the item
+    assert cfg.data.train_shards == [ShardSource("/data/laion", 3.0), ShardSource("/data/cc12m", 1.0, "cc")]
+    assert [(s.name, s.weight) for s in cfg.data.train_sources()] == [("0", 3.0), ("cc", 1.0)]
+    write_config(tmp_path / "run", cfg)
+    assert read_config(tmp_path / "run", Stage2Config) == cfg
+    plain = load_config(Stage2Config, None, ["data.train_shards=/data/one"])  # a plain spec is still one source
+    assert plain.data.train_sources() == [ShardSource("/data/one", 1.0, "0")]
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("eval.zeroshot=[{name: a, shards: s, nmae: b}]", "unknown key 'eval.zeroshot[0].nmae' in command-line "
+     "override 'eval.zeroshot=[{name: a, shards: s, nmae: b}]' — did you mean 'eval.zeroshot[0].name'?"),
+    ("eval.zeroshot=[{name: a}]", "missing key 'eval.zeroshot[0].shards'"),
+    ("eval.zeroshot=[imagenet]", "bad value 'imagenet' for 'eval.zeroshot[0]'"),
+    ("eval.zeroshot=[{name: a, shards: s}, {name: a, shards: t}]", "eval.zeroshot[1].name='a' is used twice"),
+    ("eval.zeroshot=[{name: a, shards: s, templates: imagenet80}]",
+     "eval.zeroshot[0].templates='imagenet80' is neither a template set nor a file"),
+    ("data.train_shards=[{shards: a, weight: 1}, {shards: b, weight: 0}]",
+     "data.train_shards[1].weight=0.0 must be > 0 — give every source a positive weight"),
+    ("data.train_shards=[{shards: a, wieght: 2}]", "did you mean 'data.train_shards[0].weight'?"),
+    ("data.train_shards=[{shards: a, name: x}, {shards: b, name: x}]", "source names ['x', 'x'] repeat"),
+])
+def test_list_items_are_checked_like_sections_with_one_line_errors(override, expected):
+    from stage2_contrastive.config import Stage2Config
+    with pytest.raises(ConfigError) as info:
+        load_config(Stage2Config, None, [override])
+    assert "\n" not in str(info.value) and expected in str(info.value), str(info.value)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import io
 import itertools
 import shutil
 from pathlib import Path
@@ -13,17 +14,18 @@ from PIL import Image
 
 from common.config.schema import ConfigError
 from common.data import shard_list, streams
-from common.datasets.shard_writer import Record, _NoBar, encode_png, write_split
+from common.datasets.shard_writer import _NoBar, write_split
+from common.datasets.sources import EncodedImage, Record, encode_png
 
 N_SHARDS, PER_SHARD = 4, 10  # sample id i: an 8×8 gray image filled with value i, class i % 3
 
 
-def _png(i: int) -> bytes:
-    return encode_png(Image.fromarray(np.full((8, 8), i, dtype=np.uint8)))
+def _png(i: int) -> EncodedImage:
+    return "png", encode_png(Image.fromarray(np.full((8, 8), i, dtype=np.uint8)))
 
 
-def _garbage() -> bytes:
-    return b"\x89PNG\r\n\x1a\n" + b"garbage" * 10
+def _garbage() -> EncodedImage:
+    return "png", b"\x89PNG\r\n\x1a\n" + b"garbage" * 10
 
 
 @pytest.fixture(scope="module")
@@ -171,3 +173,14 @@ def test_eval_loader_workers_decode_the_same_samples_in_parallel(shards):
     workers = list(streams.make_eval_loader(urls, identify, 7, rank=1, world_size=2, num_workers=2))
     assert sorted(ids(workers)) == sorted(in_process) and len(ids(workers)) == len(in_process)
     assert ids(workers) != in_process  # really interleaved from two workers, not one reading everything
+
+
+def test_images_are_decoded_upright_as_their_exif_orientation_says(tmp_path):
+    """A camera JPEG kept byte for byte (make_shards does not re-encode): 40×20 stored, orientation 6
+    (rotate 90° clockwise to view) → the stream sees it 20×40, as any viewer shows it."""
+    from common.data.samples import _decode
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored = io.BytesIO()
+    Image.new("RGB", (40, 20), (200, 0, 0)).save(stored, format="JPEG", exif=exif.tobytes())
+    assert _decode({"jpg": stored.getvalue()}).size == (20, 40)

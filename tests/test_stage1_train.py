@@ -7,8 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
@@ -193,3 +195,36 @@ def test_teacher_weights_of_another_config_are_a_one_line_error(fmnist_shards, t
     assert stage1_main(args) == 2
     err = capsys.readouterr().err.strip()
     assert "do not match the open_clip config 'ViT-B-32'" in err and len(err.splitlines()) == 1
+
+
+@torch.no_grad()
+def test_held_out_loss_is_the_masked_cosine_loss_on_fixed_masks_with_or_without_labels(
+        fmnist_shards, caption_shards, teacher_export, tmp_path):
+    """The eval's `loss`: 1 − cos over the masked tokens of every held-out image, image i masked by
+    `default_rng([EVAL_MASK_SEED, i])` — computed image by image here; caption-only images get it (and no
+    probe), for any eval batch size; labelled ones get the probe beside it."""
+    from stage1_mim.task import EVAL_MASK_SEED
+    overrides = stage1_overrides(fmnist_shards, tmp_path / "run", teacher_export,
+                                 f"data.eval_shards={caption_shards / 'test'}", "data.eval_batch_size=32",
+                                 "data.image_size=28", "data.final_eval_max_samples=16")
+    task = MimTask(load_config(Stage1Config, STAGE1, overrides), single_process_run())
+    torch.manual_seed(0)
+    student = task.build_model().eval()
+    metrics = task.evaluate(student, final=True)
+    assert set(metrics) == {"loss", "n"} and metrics["n"] == 16
+
+    def sample(image, meta):
+        return {"image": task.eval_tf(image), "index": meta["index"]}
+    total, tokens = 0.0, 0
+    for batch in task.data.eval_batches(sample, final=True):
+        for image, index in zip(batch["image"], batch["index"].tolist()):
+            mask = torch.from_numpy(task.masker(np.random.default_rng([EVAL_MASK_SEED, index])).reshape(1, -1))
+            pred, target = student(image[None], mask)[mask], task.teacher.patch_targets(image[None])[mask]
+            total += float((1 - F.cosine_similarity(pred, target, dim=-1)).double().sum())
+            tokens += int(mask.sum())
+    assert metrics["loss"] == pytest.approx(total / tokens, abs=1e-6)
+    task.data.cfg.eval_batch_size = 5
+    assert task.evaluate(student, final=True)["loss"] == pytest.approx(metrics["loss"], abs=1e-6)
+    labelled = MimTask(load_config(Stage1Config, STAGE1, [*overrides, f"data.eval_shards={fmnist_shards / 'test'}"]),
+                       single_process_run())
+    assert set(labelled.evaluate(student, final=True)) == {"loss", "n", "probe_top1", "probe_top5"}

@@ -1,10 +1,12 @@
 """Typed configs: YAML files in `configs/` loaded into dataclasses, plus dotted `key=value` overrides.
 
 One loader serves both stages. A schema is a (nested) dataclass; a YAML file may name a `base:` file
-(relative to itself) whose values it overrides. Every key and value is checked against the schema
-before anything is built: an unknown key, a wrong type or a value outside `choices`/`min`/`max`
-(declared in a field's `metadata`) is a one-line `ConfigError` that names the key, where it came
-from, and the closest valid key or the allowed values.
+(relative to itself) whose values it overrides. A field may also hold a LIST of sections
+(`list[SomeSection]`, e.g. `eval.zeroshot`): each item is a mapping checked like a section and named
+`key[i]` in errors; a list replaces the inherited or default list as a whole. Every key and value is
+checked against the schema before anything is built: an unknown key, a wrong type or a value outside
+`choices`/`min`/`max` (declared in a field's `metadata`) is a one-line `ConfigError` that names the key,
+where it came from, and the closest valid key or the allowed values.
 """
 from __future__ import annotations
 
@@ -41,6 +43,14 @@ def _all_keys(schema: type, prefix: str = "") -> list[str]:
     return keys
 
 
+def _section_list_item(hint: Any) -> type | None:
+    """The section type of a `list[Section]` hint (also inside Optional/Union); None for anything else."""
+    for arg in (get_args(hint) if get_origin(hint) in (Union, types.UnionType) else (hint,)):
+        if get_origin(arg) is list and get_args(arg) and dataclasses.is_dataclass(get_args(arg)[0]):
+            return get_args(arg)[0]
+    return None
+
+
 def _coerce(value: Any, hint: Any, key: str, where: str) -> Any:
     """Check `value` against the type `hint`; convert only where lossless (int→float, list→tuple)."""
     origin, args = get_origin(hint), get_args(hint)
@@ -59,8 +69,14 @@ def _coerce(value: Any, hint: Any, key: str, where: str) -> Any:
             try:
                 return _coerce(value, arg, key, where)
             except ConfigError:
-                pass
+                if _section_list_item(arg) is not None and isinstance(value, list):
+                    raise  # the value is a list of sections: its own error names the item and key
         raise bad
+    if dataclasses.is_dataclass(hint):  # one item of a list of sections
+        if not isinstance(value, dict):
+            raise ConfigError(f"bad value {value!r} for '{key}' in {where}: expected a mapping of "
+                              f"{', '.join(f.name for f in dataclasses.fields(hint))}")
+        return build(hint, value, where, key + ".")
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
             raise bad
@@ -69,6 +85,8 @@ def _coerce(value: Any, hint: Any, key: str, where: str) -> Any:
                 raise ConfigError(f"bad value {value!r} for '{key}' in {where}: expected {len(args)} items")
             return tuple(_coerce(v, a, key, where) for v, a in zip(value, args))
         item = args[0] if args else Any
+        if dataclasses.is_dataclass(item):
+            return [_coerce(v, item, f"{key}[{i}]", where) for i, v in enumerate(value)]
         return origin(_coerce(v, item, key, where) for v in value)
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -95,22 +113,25 @@ def _check_range(value: Any, meta: typing.Mapping, key: str, where: str) -> None
 
 
 def build(schema: type[T], values: dict[str, Any], where: str, prefix: str = "",
-          root: type | None = None) -> T:
-    """Construct `schema` from a nested dict, validating every key and value."""
-    root = root or schema
+          root: type | None = None, root_prefix: str | None = None) -> T:
+    """Construct `schema` from a nested dict, validating every key and value. Unknown keys are matched
+    against the keys of `root` (default: `schema`), whose own keys start with `root_prefix`."""
+    if root is None:
+        root, root_prefix = schema, prefix
     hints = get_type_hints(schema, include_extras=False)
     fields = {f.name: f for f in dataclasses.fields(schema)}
     kwargs = {}
     for name, value in values.items():
         key = prefix + name
         if name not in fields:
-            raise ConfigError(f"unknown key '{key}' in {where}{_closest(key, _all_keys(root))}")
+            valid = _all_keys(root, root_prefix or "")
+            raise ConfigError(f"unknown key '{key}' in {where}{_closest(key, valid)}")
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
             if not isinstance(value, dict):
                 raise ConfigError(f"bad value {value!r} for '{key}' in {where}: expected a section")
             kwargs[name] = build(hint, _deep_merge(_section_defaults(fields[name]), value), where,
-                                 key + ".", root)
+                                 key + ".", root, root_prefix)
         else:
             kwargs[name] = _coerce(value, hint, key, where)
             _check_range(kwargs[name], fields[name].metadata, key, where)
@@ -185,11 +206,13 @@ def load_config(schema: type[T], path: str | Path | None, overrides: typing.Sequ
 
 
 def _validate_tree(cfg: Any) -> None:
-    """Call `validate()` on every section that has one, innermost first, then on `cfg` itself."""
+    """Call `validate()` on every section that has one (list items included), innermost first, then on
+    `cfg` itself."""
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
-        if dataclasses.is_dataclass(value):
-            _validate_tree(value)
+        for section in (value if isinstance(value, list) else [value]):
+            if dataclasses.is_dataclass(section):
+                _validate_tree(section)
     validate = getattr(cfg, "validate", None)
     if callable(validate):
         validate()

@@ -2,15 +2,18 @@
 compose them. Choices are `Literal` types declared here once; the loader checks them at load time."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Union, get_args
 
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 from common.config.schema import ConfigError
 
 Precision = Literal["fp32", "bf16", "fp16"]
-TemplateSetName = Literal["openai", "simple", "short"]  # common.data.templates.TEMPLATE_SETS
+# common.data.templates.TEMPLATE_SETS: open_clip's ImageNet lists ("openai" = "openai_imagenet", the 80
+# CLIP prompts; "simple" = "simple_imagenet", its 7-prompt subset) and one plain prompt ("short")
+TemplateSetName = Literal["openai", "openai_imagenet", "simple", "simple_imagenet", "short"]
 Interpolation = Literal["bicubic", "bilinear"]  # what open_clip's PreprocessCfg accepts
 ResizeMode = Literal["shortest", "longest", "squash"]
 
@@ -71,10 +74,29 @@ class AugmentConfig:
             raise ConfigError(f"data.augment.std={list(self.std)} must be > 0 in every channel")
 
 
+def check_templates_spec(value: str, key: str) -> None:
+    """A template set name (`TemplateSetName`) or something that names a file (has '/' or ends in .txt);
+    whether the file exists is checked with the run (`common.data.run_data.check_run_data`)."""
+    names = get_args(TemplateSetName)
+    if value and value not in names and "/" not in value and not value.endswith(".txt"):
+        raise ConfigError(f"{key}={value!r} is neither a template set nor a file — use one of "
+                          f"{', '.join(names)}, or a path to a text file (one template a line, with {{c}})")
+
+
+@dataclass
+class ShardSource:
+    """One item of a `data.train_shards` list: shards (a folder, brace pattern, glob or comma list) drawn
+    with probability weight / Σ weights; `name` labels its draw count in the logs ("": its list index)."""
+    shards: str
+    weight: float = 1.0
+    name: str = ""
+
+
 @dataclass
 class DataConfig:
-    """Webdataset shards as written by scripts/make_shards.py (a folder, brace pattern or comma list)."""
-    train_shards: str = "data/fashion-mnist/train"
+    """Webdataset shards as written by scripts/make_shards.py or img2dataset (a folder, brace pattern or
+    comma list), or for training a list of `{shards, weight, name}` sources mixed by weight."""
+    train_shards: Union[str, list[ShardSource]] = "data/fashion-mnist/train"
     eval_shards: str = "data/fashion-mnist/test"
     num_workers: int = field(default=1, metadata={"min": 0})
     shuffle_buffer: int = field(default=2000, metadata={"min": 0})
@@ -88,3 +110,56 @@ class DataConfig:
     def eval_limit(self, final: bool) -> int:
         """How many eval samples (the first N in the split's fixed order) an eval uses; 0: all."""
         return self.final_eval_max_samples if final else self.eval_max_samples
+
+    def train_sources(self) -> list[ShardSource]:
+        """`train_shards` as a list of named sources (a plain spec: one source named "0" of weight 1)."""
+        items = [ShardSource(self.train_shards)] if isinstance(self.train_shards, str) else self.train_shards
+        return [ShardSource(s.shards, s.weight, s.name or str(i)) for i, s in enumerate(items)]
+
+    def validate(self) -> None:
+        if isinstance(self.train_shards, list):
+            if not self.train_shards:
+                raise ConfigError("data.train_shards=[] names no source — give a shard spec or a list of "
+                                  "{shards, weight} items")
+            for i, source in enumerate(self.train_shards):
+                if not source.weight > 0:
+                    raise ConfigError(f"data.train_shards[{i}].weight={source.weight} must be > 0 — give every "
+                                      "source a positive weight, or remove the source")
+        names = [s.name for s in self.train_sources()]
+        if len(set(names)) < len(names):
+            raise ConfigError(f"data.train_shards: source names {names} repeat — give each source its own name")
+
+
+SET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass
+class ZeroShotSetConfig:
+    """One item of `eval.zeroshot`: a labelled eval set (samples with an image and a `cls` label), its
+    class names and prompt templates. Its metrics are logged under its `name`."""
+    name: str
+    shards: str  # a folder, brace pattern, glob or comma list (e.g. ROOT/test of a make_shards set)
+    classnames: str = ""  # text file, one name a line (line i = label i); "": classnames.txt beside the shards
+    templates: str = ""  # a TemplateSetName or a file (one template a line, {c} for the class name); "": the
+    #                      set's zeroshot_classification_templates.txt, else data.templates
+
+
+@dataclass
+class EvalConfig:
+    """Evaluations beyond the held-out split of `data.eval_shards`: zero-shot sets, each run periodically
+    (first `data.eval_max_samples`) and at the end (`data.final_eval_max_samples`)."""
+    zeroshot: list[ZeroShotSetConfig] = field(default_factory=list)
+
+    def validate(self) -> None:
+        seen: set[str] = set()
+        for i, item in enumerate(self.zeroshot):
+            key = f"eval.zeroshot[{i}]"
+            if not SET_NAME.match(item.name) or item.name in ("loss", "n"):
+                raise ConfigError(f"{key}.name={item.name!r} must be letters, digits, '_', '.' or '-' (and not "
+                                  "'loss' or 'n') — it names the set's metrics")
+            if item.name in seen:
+                raise ConfigError(f"{key}.name={item.name!r} is used twice — give every zero-shot set its own name")
+            seen.add(item.name)
+            if not item.shards:
+                raise ConfigError(f"{key}.shards is empty — point it at the set's labelled shards")
+            check_templates_spec(item.templates, f"{key}.templates")

@@ -1,6 +1,11 @@
 """Sample stages of both streams: decode a raw tar sample, map it (augment, tokenize), skip and count
 bad samples, collate batches.
 
+A sample holds an image (`png`, `jpg`, `jpeg` or `webp`: the formats make_shards and img2dataset write,
+decoded as stored, EXIF orientation applied) and a class label `cls` and/or a caption `txt`; a `txt` of
+several lines holds several captions of the image (clip_benchmark's convention), and other keys (e.g.
+img2dataset's `json`) are ignored.
+
 Bad samples (unreadable tar, missing or undecodable image, a `map_sample` exception) are skipped and
 counted; each emitted sample carries `skipped` = skips in its worker since the previous emitted sample,
 so `batch["skipped"].sum()` counts every skip exactly once. A truncated tar counts ≥ 1 (one per error
@@ -15,13 +20,14 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 log = logging.getLogger("evaclip")
 
 MapSample = Callable[[Image.Image, dict[str, Any]], dict[str, Any]]
 IMAGE_KEYS = ("png", "jpg", "jpeg", "webp")
 MAX_CONSECUTIVE_ERRORS = 1000  # map/decode failures in a row → a bug, not bad data: raise
+ORIENTATION_TAG = 0x0112  # EXIF orientation
 
 
 class SkipCounter:
@@ -30,7 +36,7 @@ class SkipCounter:
 
     def __init__(self, urls: Iterable[str] = ()):
         self.urls = list(urls)
-        self.pending, self.total, self.read = 0, 0, 0
+        self.pending, self.total = 0, 0
         self._logged: set[tuple[str, str]] = set()
 
     def _url_of(self, exn: BaseException) -> str:
@@ -89,14 +95,18 @@ def _decode(sample: dict[str, Any]) -> Image.Image:
         raise ValueError(f"sample {sample.get('__key__')} has no image ({'/'.join(IMAGE_KEYS)})")
     image = Image.open(io.BytesIO(sample[key]))
     image.load()  # decode now: truncated data raises here
+    if image.getexif().get(ORIENTATION_TAG, 1) != 1:  # kept camera JPEGs: upright, as a viewer shows them
+        image = ImageOps.exif_transpose(image)
     return image
 
 
 def _meta(sample: dict[str, Any]) -> dict[str, Any]:
+    """{cls, txt (the first caption), captions (every line of txt), key, url, source}."""
     cls, txt = sample.get("cls"), sample.get("txt")
-    return {"cls": int(cls) if cls is not None else None,
-            "txt": txt.decode("utf-8") if txt is not None else None,
-            "key": sample.get("__key__", "?"), "url": sample.get("__url__", "?")}
+    captions = [line.strip() for line in txt.decode("utf-8").splitlines() if line.strip()] if txt else []
+    return {"cls": int(cls) if cls is not None else None, "txt": captions[0] if captions else None,
+            "captions": captions, "key": sample.get("__key__", "?"), "url": sample.get("__url__", "?"),
+            "source": sample.get("source")}
 
 
 def decode_and_map(samples: Iterable[dict[str, Any]], map_sample: MapSample, counter: SkipCounter,
@@ -123,6 +133,8 @@ def decode_and_map(samples: Iterable[dict[str, Any]], map_sample: MapSample, cou
             continue
         failures = 0
         out["skipped"] = counter.take()
+        if meta["source"] is not None:
+            out["source"] = meta["source"]
         if held is not None:
             yield held
         held = out  # one sample of lookahead: skips after the last sample of a finite stream land on it

@@ -1,9 +1,11 @@
 """Shard lists: a folder, brace pattern, glob or comma list → shard paths; per-shard sample counts from
-`sizes.json`; class names from `classnames.txt` (the layout scripts/make_shards.py writes)."""
+`sizes.json` (the layout scripts/make_shards.py writes) or img2dataset's `NNNNN_stats.json`; class names
+from `classnames.txt`."""
 from __future__ import annotations
 
 import glob
 import json
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -25,11 +27,16 @@ def _split_top_level(spec: str) -> list[str]:
     return [item.strip() for item in items + [current] if item.strip()]
 
 
+def _natural_key(path: str) -> list:
+    """Sort key that orders numbered names by number (`2.tar` before `10.tar`, as clip_benchmark numbers)."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path)]
+
+
 def _expand(item: str) -> list[str]:
     if "://" in item or item.startswith("pipe:"):
         return list(braceexpand(item))  # remote: cannot check existence here
     if Path(item).is_dir():
-        return sorted(str(p) for p in Path(item).glob("*.tar"))
+        return sorted((str(p) for p in Path(item).glob("*.tar")), key=_natural_key)
     found = []
     for name in braceexpand(item):
         found += sorted(glob.glob(name)) if any(c in name for c in "*?[") else [name]
@@ -54,17 +61,33 @@ def _shard_dirs(spec: str) -> list[Path]:
     return [first, first.parent]
 
 
+def read_classname_file(path: str | Path) -> list[str]:
+    """Class names of a text file, one a line (blank lines ignored): line i names label i."""
+    return [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def beside_shards(shard_spec: str, name: str) -> Optional[Path]:
+    """The file `name` in the folder of the first shard of `shard_spec` or in its parent; None if absent."""
+    return next((folder / name for folder in _shard_dirs(shard_spec) if (folder / name).is_file()), None)
+
+
 def read_classnames(shard_spec: str) -> list[str]:
     """Class names from `classnames.txt` in the shards' folder or its parent; [] when there is none."""
-    for folder in _shard_dirs(shard_spec):
-        path = folder / "classnames.txt"
-        if path.is_file():
-            return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return []
+    path = beside_shards(shard_spec, "classnames.txt")
+    return read_classname_file(path) if path is not None else []
+
+
+def _img2dataset_size(url: str) -> Optional[int]:
+    """The `successes` count of img2dataset's `NNNNN_stats.json` beside shard `NNNNN.tar`, if any."""
+    try:
+        return int(json.loads(Path(url).with_name(Path(url).stem + "_stats.json").read_text())["successes"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def shard_sizes(urls: list[str]) -> Optional[list[int]]:
-    """Samples per shard from each folder's `sizes.json`; None if any shard is not listed."""
+    """Samples per shard from each folder's `sizes.json`, else img2dataset's per-shard stats file; None if
+    any shard is not listed."""
     cache: dict[Path, dict[str, int]] = {}
     sizes = []
     for url in urls:
@@ -74,9 +97,11 @@ def shard_sizes(urls: list[str]) -> Optional[list[int]]:
                 cache[folder] = json.loads((folder / "sizes.json").read_text())
             except (OSError, ValueError):
                 cache[folder] = {}
-        if Path(url).name not in cache[folder]:
+        size = cache[folder].get(Path(url).name)
+        size = int(size) if size is not None else _img2dataset_size(url)
+        if size is None:
             return None
-        sizes.append(int(cache[folder][Path(url).name]))
+        sizes.append(size)
     return sizes
 
 

@@ -1,17 +1,21 @@
-"""The webdataset streams both stages use: a resampled deterministic training stream and a finite
-exactly-once eval stream.
+"""The webdataset streams both stages use: a resampled deterministic training stream, optionally mixed
+from several weighted sources, and a finite exactly-once eval stream.
 
 Training stream (`make_train_loader`), one per (rank, worker) "stream" `s = rank·W + worker` of
 `S = world_size·W` streams (W = max(num_workers, 1)):
-    shards: stream s owns `urls[s::S]` when there are ≥ S shards, else all shards (independent draws);
-            it resamples them with replacement forever (`random.Random(seed_s)`, never time or pid)
-    → tar → shuffle buffer (`random.Random`, seeded) → PIL decode → map_sample → batches (in the worker)
+    per source: shards: stream s owns `urls[s::S]` when the source has ≥ S shards, else all of them
+            (independent draws); it resamples them with replacement forever (`random.Random(seed)`, never
+            time or pid) → tar samples
+    → with ≥ 2 sources: each next sample comes from source i with probability w_i / Σ w (a seeded
+            `random.Random`), tagged `source` = the source's name
+    → shuffle buffer (`random.Random`, seeded) → PIL decode → map_sample → batches (in the worker)
 All seeds come from `SeedSequence([seed, rank, world_size, worker, W])`. `map_sample` draws from the
 stream's own torch and `random` global RNG states (a worker process installs them once; in-process they
 are swapped in around each call), so augmentations depend only on that seed: the stream is a pure
 function of (seed, rank, world_size, num_workers), num_workers 0 and 1 give the same stream, and the
 caller's RNG is never consumed (the DataLoader gets a private generator for its unused base seed).
 numpy's legacy global RNG is seeded in workers but not isolated in-process: augment with torch/random.
+One source gives exactly the stream of a plain shard list (the mixer draws nothing).
 
 Bad samples are skipped and counted (`common.data.samples`).
 """
@@ -19,7 +23,8 @@ from __future__ import annotations
 
 import itertools
 import random
-from typing import Any, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, Sequence, Union
 
 import numpy as np
 import torch
@@ -30,47 +35,87 @@ from common.data.samples import MapSample, SkipCounter, PrivateRNG, batches, dec
 from common.data.shard_list import shard_sizes
 
 
-def _resampled(shards: list[str], rng: random.Random, counter: SkipCounter) -> Iterator[dict[str, str]]:
+@dataclass(frozen=True)
+class StreamSource:
+    """One training source: its shard urls, its sampling weight (> 0) and the name its draws are logged by."""
+    name: str
+    urls: tuple[str, ...]
+    weight: float = 1.0
+
+
+class _Reads:
+    """Samples read so far from one source's tars (`_resampled` watches it for shards that yield nothing)."""
+    read = 0
+
+
+def _resampled(shards: list[str], rng: random.Random, reads: _Reads) -> Iterator[dict[str, str]]:
     """Shards drawn with replacement forever; raises if many draws in a row give no sample at all."""
     empty_run, last_read = 0, -1
     limit = max(20, 3 * len(shards))
     while True:
-        empty_run = empty_run + 1 if counter.read == last_read else 0
+        empty_run = empty_run + 1 if reads.read == last_read else 0
         if empty_run >= limit:
             raise RuntimeError(f"{limit} shards in a row gave no readable sample — check {shards[:3]} …")
-        last_read = counter.read
+        last_read = reads.read
         yield {"url": rng.choice(shards)}
 
 
-def _count_reads(samples: Iterable[dict[str, Any]], counter: SkipCounter) -> Iterator[dict[str, Any]]:
+def _count_reads(samples: Iterable[dict[str, Any]], reads: _Reads) -> Iterator[dict[str, Any]]:
     for sample in samples:
-        counter.read += 1
+        reads.read += 1
         yield sample
+
+
+def _mixed(sources: list[Iterator[dict[str, Any]]], weights: Sequence[float], names: Sequence[str],
+           rng: random.Random, chunk: int = 256) -> Iterator[dict[str, Any]]:
+    """Endless samples: each from source i with probability weights[i] / Σ weights, tagged `source`."""
+    population = range(len(sources))
+    while True:
+        for i in rng.choices(population, weights=weights, k=chunk):
+            yield {**next(sources[i]), "source": names[i]}
+
+
+def as_sources(shards: Union[Sequence[str], Sequence[StreamSource]]) -> list[StreamSource]:
+    """A plain shard list is one source ("0") of weight 1; a list of sources is kept."""
+    if shards and all(isinstance(s, StreamSource) for s in shards):
+        return list(shards)
+    return [StreamSource("0", tuple(shards))]
 
 
 class TrainStream(torch.utils.data.IterableDataset):
     """Infinite batches of one (rank, worker) stream; see the module docstring."""
 
-    def __init__(self, urls: list[str], map_sample: MapSample, batch_size: int, seed: int, rank: int,
+    def __init__(self, sources: list[StreamSource], map_sample: MapSample, batch_size: int, seed: int, rank: int,
                  world_size: int, shuffle_buffer: int):
         super().__init__()
-        self.urls, self.map_sample, self.batch_size = list(urls), map_sample, batch_size
+        self.sources, self.map_sample, self.batch_size = list(sources), map_sample, batch_size
         self.seed, self.rank, self.world_size, self.shuffle_buffer = seed, rank, world_size, shuffle_buffer
 
     def stream(self) -> tuple[int, int, list[int]]:
-        """(stream index, number of streams, 3 seeds) of the calling worker."""
+        """(stream index, number of streams, seeds) of the calling worker: shard, shuffle and map seeds,
+        then one shard seed per further source, then the mixer's seed."""
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         entropy = [self.seed % 2**64, self.rank, self.world_size, worker, workers]
-        seeds = np.random.SeedSequence(entropy).generate_state(3).tolist()
+        seeds = np.random.SeedSequence(entropy).generate_state(3 + len(self.sources)).tolist()
         return self.rank * workers + worker, self.world_size * workers, seeds
 
+    def _source_samples(self, source: StreamSource, index: int, total: int, seed: int,
+                        counter: SkipCounter) -> Iterator[dict[str, Any]]:
+        """Raw tar samples of this stream's shards of `source`, resampled forever."""
+        urls = list(source.urls)
+        shards = urls[index::total] if len(urls) >= total else urls
+        reads = _Reads()
+        return _count_reads(tarfile_samples(_resampled(shards, random.Random(seed), reads), handler=counter), reads)
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        index, total, (shard_seed, shuffle_seed, rng_seed) = self.stream()
-        shards = self.urls[index::total] if len(self.urls) >= total else self.urls
-        counter = SkipCounter(shards)
-        samples = tarfile_samples(_resampled(shards, random.Random(shard_seed), counter), handler=counter)
-        samples = _count_reads(samples, counter)
+        index, total, (shard_seed, shuffle_seed, rng_seed, *more_seeds) = self.stream()
+        counter = SkipCounter([url for source in self.sources for url in source.urls])
+        shard_seeds = [shard_seed, *more_seeds[:len(self.sources) - 1]]
+        raw = [self._source_samples(source, index, total, seed, counter)
+               for source, seed in zip(self.sources, shard_seeds)]
+        samples = raw[0] if len(raw) == 1 else _mixed(raw, [s.weight for s in self.sources],
+                                                      [s.name for s in self.sources], random.Random(more_seeds[-1]))
         if self.shuffle_buffer > 1:
             samples = wds.filters.shuffle(self.shuffle_buffer, self.shuffle_buffer,
                                           rng=random.Random(shuffle_seed))(samples)
@@ -82,15 +127,18 @@ class TrainStream(torch.utils.data.IterableDataset):
         return batches(mapped, self.batch_size, partial=False)
 
 
-def make_train_loader(urls: list[str], map_sample: MapSample, batch_size: int, *, seed: int, rank: int = 0,
-                      world_size: int = 1, num_workers: int = 1, shuffle_buffer: int = 1000,
-                      persistent_workers: bool = False) -> Iterable[dict[str, Any]]:
-    """Infinite collated batches (`batch_size` per rank) + `skipped` `[B] int64`; deterministic in
-    (seed, rank, world_size, num_workers). `map_sample(image, meta)` gets meta {cls, txt, key, url}.
-    (That the shards hold one global batch is checked at start-up: `shard_list.require_one_global_batch`.)"""
-    if not urls:
+def make_train_loader(shards: Union[Sequence[str], Sequence[StreamSource]], map_sample: MapSample,
+                      batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1, num_workers: int = 1,
+                      shuffle_buffer: int = 1000, persistent_workers: bool = False) -> Iterable[dict[str, Any]]:
+    """Infinite collated batches (`batch_size` per rank) + `skipped` `[B] int64` (+ `source`, the names of
+    the samples' sources, with ≥ 2 sources); deterministic in (seed, rank, world_size, num_workers).
+    `shards`: shard urls (one source) or `StreamSource`s. `map_sample(image, meta)` gets meta {cls, txt,
+    captions, key, url, source}. (That the shards hold one global batch is checked at start-up:
+    `shard_list.require_one_global_batch`.)"""
+    sources = as_sources(shards)
+    if not any(source.urls for source in sources):
         raise FileNotFoundError("make_train_loader got no shards — check data.train_shards")
-    dataset = TrainStream(urls, map_sample, batch_size, seed, rank, world_size, shuffle_buffer)
+    dataset = TrainStream(sources, map_sample, batch_size, seed, rank, world_size, shuffle_buffer)
     generator = torch.Generator().manual_seed(seed % 2**63)  # DataLoader draws a base seed: not from ours
     return wds.WebLoader(dataset, batch_size=None, num_workers=num_workers, generator=generator,
                          persistent_workers=persistent_workers and num_workers > 0)

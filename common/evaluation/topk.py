@@ -28,11 +28,14 @@ class TopKCounter:
         self.counts[:-1] += topk_accuracy(logits, labels, self.ks)
         self.counts[-1] += labels.shape[0]
 
-    def result(self, prefix: str, device: torch.device | str = "cpu") -> dict[str, float]:
+    def result(self, prefix: str, device: torch.device | str = "cpu", allow_empty: bool = False) -> dict[str, float]:
         """{f"{prefix}_top{k}": fraction, …, "n": samples} over every rank (a collective: call on all).
-        `device`: where the reduction runs (the process group's device)."""
+        `device`: where the reduction runs (the process group's device). No sample at all: ValueError, or
+        {} with `allow_empty`."""
         counts = sum_across_ranks(self.counts.to(device)).cpu()
         if counts[-1] == 0:
+            if allow_empty:
+                return {}
             raise ValueError("the eval split is empty — check data.eval_shards")
         metrics = {f"{prefix}_top{k}": float(counts[i] / counts[-1]) for i, k in enumerate(self.ks)}
         return {**metrics, "n": int(counts[-1])}

@@ -4,9 +4,11 @@ paths, a checkpoint it cannot load) is one line on stderr and exit status 2."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any, Callable, Sequence
 
+from common.artifacts import read_metrics
 from common.config.schema import ConfigError, load_config
 from common.train.engine import TaskFactory
 from common.train.logs import setup_logging
@@ -44,4 +46,15 @@ def run_stage(argv: Sequence[str] | None, description: str, schema: type, make_t
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"finished: {run_dir}")
+    print_final_eval(run_dir)
     return 0
+
+
+def print_final_eval(run_dir: str) -> None:
+    """The run's last eval record as one summary line (main process only; nothing without an eval)."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    from common.train.metrics import summary_line
+    evals = [r for r in read_metrics(run_dir) if "eval" in r]
+    if evals:
+        print(f"final eval (step {evals[-1]['step']}): {summary_line(evals[-1]['eval'])}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 
@@ -23,6 +24,7 @@ from torch import nn
 
 from common.artifacts import EngineState, MetricsFile, checkpoint_dir, complete_checkpoints, write_config
 from common.config.schema import ConfigError
+from common.evaluation.dist import gather_objects
 from common.train import checkpoint as ckpt
 from common.train.accelerator import make_accelerator, run_context, shutdown
 from common.train.context import RunContext
@@ -41,7 +43,9 @@ class Task(Protocol):
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]: ...
 
     def train_batches(self, seed: int) -> Iterator[dict[str, Any]]:
-        """An endless, deterministic stream of this rank's batches (a function of `seed` and the context)."""
+        """An endless, deterministic stream of this rank's batches (a function of `seed` and the context).
+        The engine takes two optional keys out of a batch: `skipped` ([B] bad samples skipped before each
+        sample) and `source` (B names of the training sources the samples came from)."""
 
     def training_loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict]:
         """The scalar loss of a batch and extra scalars to log (plain floats or 0-d tensors)."""
@@ -50,10 +54,11 @@ class Task(Protocol):
         """Called with the number of optimizer steps done (skipped ones included): after every step,
         and once before the first step of a run, fresh (0) or resumed (the checkpoint's step)."""
 
-    def evaluate(self, model: nn.Module, final: bool) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, final: bool) -> dict[str, Any]:
         """Called on every rank with the unwrapped model, under no_grad and the run's autocast; returns the
-        (already reduced) metrics, or {}. `final`: the end-of-run evaluation (`data.final_eval_max_samples`,
-        default the whole split), else a periodic one (`data.eval_max_samples`)."""
+        (already reduced) metrics, or {}: numbers, or a dict of numbers per named eval set. `final`: the
+        end-of-run evaluation (`data.final_eval_max_samples`, default the whole split), else a periodic one
+        (`data.eval_max_samples`)."""
 
     def save_weights(self, state_dict: dict[str, torch.Tensor], out_dir: Path) -> None:
         """Main process only: write the consolidated weights a user exports from (`common.artifacts`)."""
@@ -110,6 +115,8 @@ class Trainer:
         acc.register_for_checkpointing(self.scheduler)  # stepped by us: once per optimizer step
         self.input_dtype = torch.bfloat16 if (self.is_deepspeed and self.cfg.precision == "bf16") else None
         self.step, self.bad_total, self.bad_run, self.skipped_samples = 0, 0, 0, 0
+        self.source_draws: Counter[str] = Counter()  # all ranks, up to the last log or save
+        self.new_draws: Counter[str] = Counter()  # this rank's since then
         torch.manual_seed(self.cfg.seed + self.run.rank)  # per-rank dropout / drop-path
         if self.resume_from is not None:
             self._load(self.resume_from)
@@ -126,6 +133,7 @@ class Trainer:
                               "checkpoint or train into a new train.output_dir") from err
         state = EngineState.read(path)
         self.step, self.bad_total, self.skipped_samples = state.step, state.bad_steps, state.skipped_samples
+        self.source_draws = Counter(state.source_draws)
         if self.is_main:  # drop records the crashed run logged after this checkpoint
             MetricsFile(self.run_dir).truncate_after(self.step)
         log.info("resumed from %s at step %d", path, self.step)
@@ -135,12 +143,14 @@ class Trainer:
         acc = self.accelerator
         final = checkpoint_dir(self.run_dir, self.step)
         tmp = ckpt.temp_path(final)
+        self._merge_draws()
         acc.save_state(str(tmp))
         acc.wait_for_everyone()  # every rank's RNG/optimizer shard is in `tmp` before it is renamed
         state_dict = acc.get_state_dict(self.model)  # gathers ZeRO-3 shards (collective)
         if self.is_main:
             self.task.save_weights(state_dict, tmp)
-            state = EngineState(self.step, self.bad_total, self.skipped_samples, self.schedule)
+            state = EngineState(self.step, self.bad_total, self.skipped_samples, self.schedule,
+                                dict(self.source_draws))
             ckpt.finalize(tmp, final, state, self.cfg.keep_last)
             self.task.save_weights(state_dict, self.run_dir)  # newest weights at the run's top level
         acc.wait_for_everyone()
@@ -161,6 +171,7 @@ class Trainer:
         for _ in range(self.cfg.grad_accum):
             batch = next(batches)
             self.skipped_samples += int(batch.pop("skipped", torch.zeros(1)).sum())
+            self.new_draws.update(batch.pop("source", ()))
             batch = _to_device(batch, acc.device, self.input_dtype)
             with acc.accumulate(self.model), acc.autocast():
                 loss, extras = self.task.training_loss(self.model, batch)
@@ -206,6 +217,15 @@ class Trainer:
     def _batches(self) -> Iterator[dict]:
         return iter(self.task.train_batches(data_seed(self.cfg.seed, self.step)))
 
+    def _merge_draws(self) -> None:
+        """Add every rank's draws per source since the last merge to the run's totals (a collective; no
+        rank has any without mixed sources, and every rank some after a step with them: all skip or none)."""
+        if not self.new_draws:
+            return
+        for draws in gather_objects([dict(self.new_draws)]):
+            self.source_draws.update(draws)
+        self.new_draws.clear()
+
     def _log(self, losses: list[torch.Tensor], extras: dict, t0: float, samples: int) -> None:
         acc = self.accelerator
         mean_loss = torch.stack(losses).mean().reshape(1) if losses else torch.full((1,), float("nan"))
@@ -216,6 +236,9 @@ class Trainer:
                   "bad_steps": self.bad_total, "skipped_samples": self.skipped_samples,
                   "world_size": acc.num_processes}
         record.update({k: float(v) for k, v in extras.items()})
+        self._merge_draws()
+        if self.source_draws:
+            record["source_draws"] = dict(sorted(self.source_draws.items()))
         self.logger.log(record)
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{record['loss']:.4f}")

@@ -44,3 +44,8 @@ def _flatten(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[prefix + key] = value
     return flat
+
+
+def summary_line(metrics: dict[str, Any]) -> str:
+    """Eval metrics as one line: `key=value` per leaf, named sets as `set/key` (fractions to 4 places)."""
+    return " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in _flatten(metrics).items())

@@ -2,10 +2,12 @@
 
 The 'encoders' are lookups: an image is its own feature vector and every caption or prompt string maps to
 a fixed text vector, so the metrics depend only on the case. Each rank evaluates its contiguous, unevenly
-sized slice of the rows (so `gather_rows` has to pad), in batches.
+sized slice of the rows (so `gather_rows` has to pad), in batches; the caption-only case instead deals
+rows round-robin and tags them with their `index`, as the eval stream does (the gather must restore the
+split's order for the chunked loss). Every case is also scored with both contrastive losses.
 
 Run under torchrun, every rank evaluates its slice of every case and rank 0 writes the metrics:
-`python -m tests.tasks.zeroshot_eval OUT_DIR` → OUT_DIR/metrics_world{W}.json ({case name: metrics}).
+`python -m tests.tasks.zeroshot_eval OUT_DIR` → OUT_DIR/metrics_world{W}.json ({case/loss: metrics}).
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ class EvalCase:
     captions: list[str]
     text_vectors: dict[str, torch.Tensor]
     templates: tuple[Callable[[str], str], ...] = tuple(TEMPLATES)
+    round_robin: bool = False  # rank r holds rows r, r + W, …, each batch with its rows' `index`
 
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         """[len(texts), D]"""
@@ -46,10 +49,13 @@ class EvalCase:
         return range(bounds[rank], bounds[rank + 1])
 
     def batches(self, rank: int = 0, world_size: int = 1, batch_size: int = 5) -> Iterator[dict[str, Any]]:
-        rows = self.rows(rank, world_size)
-        for start in range(rows.start, rows.stop, batch_size):
-            part = slice(start, min(start + batch_size, rows.stop))
-            yield {"image": self.images[part], "label": self.labels[part], "caption": self.captions[part]}
+        rows = list(range(rank, len(self.captions), world_size)) if self.round_robin else \
+            list(self.rows(rank, world_size))
+        for start in range(0, len(rows), batch_size):
+            part = torch.tensor(rows[start:start + batch_size])
+            batch = {"image": self.images[part], "label": self.labels[part],
+                     "caption": [self.captions[i] for i in part.tolist()]}
+            yield {**batch, "index": part} if self.round_robin else batch
 
 
 def class_texts(classnames: list[str], vectors: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -96,14 +102,31 @@ def random_case(seed: int = 0, rows: int = 40, dim: int = 16, noise: float = 2.0
     return EvalCase(NATO, images, labels, captions, texts)
 
 
-CASES: dict[str, Callable[[], EvalCase]] = {"ranked": ranked_case, "random": random_case}
+def captions_case(seed: int = 1, rows: int = 30, dim: int = 8, noise: float = 1.5) -> EvalCase:
+    """Image–caption pairs without labels or class names (labels −1): free-form captions, three of them
+    repeated, each image its caption's random text vector plus noise; dealt round-robin to the ranks."""
+    gen = torch.Generator().manual_seed(seed)
+    captions = [f"caption {i % 27}" for i in range(rows)]  # rows 27-29 repeat captions 0-2
+    texts = {c: torch.randn(dim, generator=gen) for c in captions}
+    images = torch.stack([texts[c] for c in captions]) + noise * torch.randn(rows, dim, generator=gen)
+    return EvalCase([], images, torch.full((rows,), -1), captions, texts, round_robin=True)
 
 
-def evaluate_case(case: EvalCase, rank: int = 0, world_size: int = 1) -> dict[str, float]:
-    """`evaluate_clip` on rank `rank`'s slice of `case` (a collective when `world_size` > 1)."""
-    from stage2_contrastive.zeroshot import evaluate_clip
+CASES: dict[str, Callable[[], EvalCase]] = {"ranked": ranked_case, "random": random_case, "captions": captions_case}
+LOSSES = {"softmax": (10.0, None), "sigmoid": (10.0, -2.0)}  # kind: (logit scale t, logit bias b)
+LOSS_CHUNK = 12  # pairs per loss call: 24 rows → 2 chunks, 40 → 3 (+ 4 left out), 30 → 2 (+ 6 left out)
+
+
+def evaluate_case(case: EvalCase, rank: int = 0, world_size: int = 1, loss: str = "softmax") -> dict[str, float]:
+    """`evaluate_clip` with the `loss` kind's held-out loss on rank `rank`'s slice of `case` (a collective
+    when `world_size` > 1)."""
+    from stage2_contrastive.objective import ContrastiveLoss
+    from stage2_contrastive.zeroshot import PairLoss, evaluate_clip
+    scale, bias = LOSSES[loss]
+    pair_loss = PairLoss(ContrastiveLoss(loss), torch.tensor(scale), None if bias is None else torch.tensor(bias),
+                         LOSS_CHUNK)
     return evaluate_clip(lambda images: images, case.encode_text, case.batches(rank, world_size),
-                         case.classnames, case.templates)
+                         case.classnames, case.templates, loss=pair_loss)
 
 
 def main(out_dir: str) -> None:
@@ -111,7 +134,8 @@ def main(out_dir: str) -> None:
     from common.config.sections import TrainConfig
     accelerator = make_accelerator(TrainConfig())  # the engine's accelerator: gloo on CPU
     rank, world_size = accelerator.process_index, accelerator.num_processes
-    metrics = {name: evaluate_case(make(), rank, world_size) for name, make in CASES.items()}
+    metrics = {f"{name}/{loss}": evaluate_case(make(), rank, world_size, loss)
+               for name, make in CASES.items() for loss in LOSSES}
     if accelerator.is_main_process:
         Path(out_dir, f"metrics_world{accelerator.num_processes}.json").write_text(json.dumps(metrics))
     accelerator.wait_for_everyone()
