@@ -15,6 +15,7 @@ from common.data.templates import caption_of, get_templates
 from common.data.transforms import eval_transform, preprocess_cfg, train_transform
 from common.train.context import RunContext
 from common.train.optim import tower_param_groups
+from stage2_contrastive.accumulation import cached_contrastive_passes
 from stage2_contrastive.config import Stage2Config
 from stage2_contrastive.model import build_clip, build_tokenizer, open_clip_model_cfg, set_text_lock, text_param_groups
 from stage2_contrastive.objective import Objective
@@ -34,7 +35,7 @@ class ContrastiveTask:
         self.tokenizer = build_tokenizer(cfg.model)
         size, aug = cfg.data.image_size, cfg.data.augment
         self.train_tf, self.eval_tf = train_transform(size, aug), eval_transform(size, aug)
-        self.objective = Objective.from_config(cfg.loss, cfg.model, run.global_micro_batch)
+        self.objective = Objective.from_config(cfg.loss, cfg.model, run.contrastive_batch)
         self.loss_fn = self.objective.loss(run.rank, run.world_size)
         self.text_tower: nn.Module | None = None  # the model's text tower, for `lock_steps`
 
@@ -79,7 +80,15 @@ class ContrastiveTask:
 
     # ---- step --------------------------------------------------------------------------------
     def training_loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict]:
-        out = model(batch["image"], batch["text"])
+        return self._score(model(batch["image"], batch["text"]))
+
+    def contrastive_group(self, model: nn.Module, batches: list[dict[str, Any]]
+                          ) -> Iterator[tuple[torch.Tensor, dict]]:
+        """`train.contrastive_accum`: the micro-batches scored as one batch (`accumulation.py`)."""
+        return cached_contrastive_passes(lambda b: model(b["image"], b["text"]), batches, self._score)
+
+    def _score(self, out: dict[str, Any]) -> tuple[torch.Tensor, dict]:
+        """(loss, extras) of the model's outputs for one contrastive batch."""
         logit_bias = out.get("logit_bias")
         loss = self.loss_fn(out["image_features"], out["text_features"], out["logit_scale"], logit_bias)
         extras = {"logit_scale": out["logit_scale"].detach()}

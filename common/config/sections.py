@@ -17,10 +17,15 @@ ResizeMode = Literal["shortest", "longest", "squash"]
 
 @dataclass
 class TrainConfig:
-    """The engine's loop. Batch sizes are per process; the global batch is × processes × grad_accum."""
+    """The engine's loop. `batch_size` is per process and per forward (the micro-batch). Two accumulations:
+    `contrastive_accum` K scores K micro-batches as ONE contrastive batch (K × batch_size × processes
+    pairs: more negatives, the memory of one micro-batch; a task that supports it, stage 2), and
+    `grad_accum` G sums the gradients of G such batches, each scored on its own (more samples per
+    optimizer step, NOT more negatives). Samples per optimizer step: batch_size × K × G × processes."""
     output_dir: str = "runs/default"
     steps: int = field(default=100, metadata={"min": 1})
     batch_size: int = field(default=64, metadata={"min": 1})
+    contrastive_accum: int = field(default=1, metadata={"min": 1})
     grad_accum: int = field(default=1, metadata={"min": 1})
     precision: Precision = "fp32"
     seed: int = 0
