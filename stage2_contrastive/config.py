@@ -54,7 +54,22 @@ class ModelConfig:
     vision_weight_decay: Optional[float] = field(default=None, metadata={"min": 0.0})  # None: optim.weight_decay
     init_logit_scale: Optional[float] = None  # log of the multiplier; None: the loss's default (objective.py)
     init_logit_bias: Optional[float] = None  # sigmoid only; None: -ln(B - 1) for B pairs per loss (objective.py)
+    # Locks (LiT, partial tuning; open_clip's TimmModel.lock / text lock): locked parameters get no
+    # gradient, are left out of the optimizer (and its checkpointed state); running statistics frozen
+    lock_image: bool = False  # the vision trunk; its projection head still trains
+    lock_image_unlocked_groups: int = field(default=0, metadata={"min": 0})  # the last N timm groups train
+    lock_text: bool = False  # the text tower (native: projection included; HF: the encoder)
+    lock_text_unlocked_layers: int = field(default=0, metadata={"min": 0})  # the last N layer groups train
     text: TextConfig = field(default_factory=TextConfig)
+
+    def validate(self) -> None:
+        for lock, unlocked in (("lock_image", "lock_image_unlocked_groups"), ("lock_text", "lock_text_unlocked_layers")):
+            if getattr(self, unlocked) and not getattr(self, lock):
+                raise ConfigError(f"model.{unlocked}={getattr(self, unlocked)} has no effect without "
+                                  f"model.{lock}=true — set model.{lock}=true or remove it")
+        if self.lock_text and self.text.lock_steps:
+            raise ConfigError(f"model.lock_text and model.text.lock_steps={self.text.lock_steps} both lock the text "
+                              "tower — keep one (lock_steps: for N steps; lock_text: for the whole run)")
 
 
 @dataclass

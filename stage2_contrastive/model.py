@@ -122,6 +122,20 @@ def text_encoder_params(text: nn.Module) -> list[nn.Parameter]:
     return [p for n, p in text.named_parameters() if n.split(".")[0] not in TEXT_PROJECTIONS]
 
 
+def lock_towers(model: CustomTextCLIP, cfg: ModelConfig) -> None:
+    """`model.lock_image` / `model.lock_text` through open_clip's own locks (`TimmModel.lock`: all but the
+    last N timm groups of the trunk, batch-norm statistics frozen; `TextTransformer.lock` /
+    `HFTextEncoder.lock`: all but the last N layer groups)."""
+    if cfg.lock_image:
+        model.lock_image_tower(unlocked_groups=cfg.lock_image_unlocked_groups, freeze_bn_stats=True)
+    if cfg.lock_text:
+        model.lock_text_tower(unlocked_layers=cfg.lock_text_unlocked_layers, freeze_layer_norm=True)
+    if cfg.lock_image or cfg.lock_text:
+        frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+        log.info("locked %d of %d parameters (model.lock_image=%s, model.lock_text=%s)", frozen,
+                 sum(p.numel() for p in model.parameters()), cfg.lock_image, cfg.lock_text)
+
+
 def set_text_lock(text: nn.Module, locked: bool) -> None:
     """Freeze (`requires_grad=False`) or release the text encoder; its params get no grad while frozen,
     so AdamW/LAMB skip them and they stay bit-identical."""

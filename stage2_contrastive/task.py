@@ -17,7 +17,8 @@ from common.train.context import RunContext
 from common.train.optim import tower_param_groups
 from stage2_contrastive.accumulation import cached_contrastive_passes
 from stage2_contrastive.config import Stage2Config
-from stage2_contrastive.model import build_clip, build_tokenizer, open_clip_model_cfg, set_text_lock, text_param_groups
+from stage2_contrastive.model import (build_clip, build_tokenizer, lock_towers, open_clip_model_cfg, set_text_lock,
+                                      text_param_groups)
 from stage2_contrastive.objective import Objective
 from stage2_contrastive.zeroshot import evaluate_clip
 
@@ -45,6 +46,7 @@ class ContrastiveTask:
         if self.init:
             from stage2_contrastive.from_stage1 import init_vision_from_stage1
             init_vision_from_stage1(model, self.init)
+        lock_towers(model, self.cfg.model)
         self.text_tower = model.text
         self._sync_text_lock(step=0)
         return model
