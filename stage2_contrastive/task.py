@@ -27,7 +27,7 @@ log = logging.getLogger("evaclip")
 
 class ContrastiveTask:
     """Stage 2: everything the engine needs, built from a `Stage2Config`, the run's context and an
-    optional stage-1 trunk file to initialise the vision tower from (`--init`)."""
+    optional weights file to start from (`--init`: a stage-1 trunk or a whole CLIP, starting_point.py)."""
 
     def __init__(self, cfg: Stage2Config, run: RunContext, init: str | Path | None = None):
         self.cfg, self.run, self.init = cfg, run, init
@@ -44,8 +44,8 @@ class ContrastiveTask:
     def build_model(self) -> nn.Module:
         model = build_clip(self.cfg.model, self.objective, self.cfg.data.image_size)
         if self.init:
-            from stage2_contrastive.from_stage1 import init_vision_from_stage1
-            init_vision_from_stage1(model, self.init)
+            from stage2_contrastive.starting_point import init_model
+            init_model(model, self.init)
         lock_towers(model, self.cfg.model)
         self.text_tower = model.text
         self._sync_text_lock(step=0)
