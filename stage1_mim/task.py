@@ -46,8 +46,8 @@ class MimTask:
     # ---- model -------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
         s = self.cfg.student
-        trunk = create_eva_trunk(s.vision_model, self.cfg.data.image_size, drop_path_rate=s.drop_path_rate,
-                                 attention=s.attention)
+        trunk = create_eva_trunk(s.vision_model, self.cfg.data.image_size, global_pool=s.global_pool,
+                                 drop_path_rate=s.drop_path_rate, attention=s.attention)
         student = MaskedEvaStudent(trunk, self.teacher.embed_dim)
         if s.grad_checkpointing:
             student.set_grad_checkpointing(True)
