@@ -9,8 +9,10 @@ with the activation memory of one micro-batch — open_clip's `--accum-freq` alg
        the loss for the engine to back-propagate.
 
 Each pass's loss has the value of the big batch's loss L; its gradient reaches the towers only through
-micro-batch j's features, so the K tower gradients sum to ∂L/∂θ exactly. The logit scale (and bias) is
-live in the last pass only and detached in the others, so its gradient is counted once, not K times.
+micro-batch j's features, so the K tower gradients sum to ∂L/∂θ exactly. The logit scale (and bias) enters
+every pass with its own value but 1/K of its gradient (s.detach() + (s − s.detach())/K), so the K passes
+sum to ∂L/∂s once, not K times — and every parameter receives a gradient in every pass (DDP and DeepSpeed
+see no parameter unused in a micro-step; ZeRO-3 with CPU offload otherwise carries a stale gradient).
 Rows are concatenated in micro-batch order, so the group equals the batch of K·B consecutive samples of
 this rank's stream, and across ranks the gathered batch equals one of K·B per rank.
 """
@@ -23,7 +25,7 @@ import torch
 from torch.utils.checkpoint import get_device_states, set_device_states
 
 ROW_OUTPUTS = ("image_features", "text_features")  # [B, D] per micro-batch, concatenated along rows
-SCALAR_OUTPUTS = ("logit_scale", "logit_bias")  # shared by all rows; live in one pass only
+SCALAR_OUTPUTS = ("logit_scale", "logit_bias")  # shared by all rows; 1/K of their gradient per pass
 
 Outputs = dict[str, Any]
 
@@ -45,14 +47,19 @@ class RngSnapshot:
         set_device_states(self.devices, self.device_states)
 
 
-def merge_outputs(cached: list[Outputs], live: Outputs, j: int, scalars_live: bool) -> Outputs:
+def gradient_share(value: torch.Tensor, share: float) -> torch.Tensor:
+    """`value` itself (bit for bit), passing back `share` × its gradient."""
+    return value.detach() + (value - value.detach()) * share
+
+
+def merge_outputs(cached: list[Outputs], live: Outputs, j: int) -> Outputs:
     """The group's outputs: cached rows with micro-batch j's rows replaced by the live (grad) ones, and
-    the live scalars, detached unless `scalars_live`."""
+    the live scalars with 1/K of their gradient."""
     merged: Outputs = {key: torch.cat([live[key] if i == j else c[key] for i, c in enumerate(cached)])
                        for key in ROW_OUTPUTS}
     for key in SCALAR_OUTPUTS:
         value = live.get(key)
-        merged[key] = value if value is None or scalars_live else value.detach()
+        merged[key] = None if value is None else gradient_share(value, 1.0 / len(cached))
     return merged
 
 
@@ -67,7 +74,6 @@ def cached_contrastive_passes(forward: Callable[[dict[str, Any]], Outputs], batc
             snapshots.append(RngSnapshot.take(*batch.values()))
             out = forward(batch)
             cached.append({key: out[key] for key in ROW_OUTPUTS})
-    last = len(batches) - 1
     for j, batch in enumerate(batches):
         snapshots[j].restore()  # after the last pass the RNG is where step 1 left it
-        yield score(merge_outputs(cached, forward(batch), j, scalars_live=j == last))
+        yield score(merge_outputs(cached, forward(batch), j))

@@ -33,6 +33,7 @@ class TrainConfig:
     eval_every: int = field(default=0, metadata={"min": 0})  # 0: evaluate only at the end
     save_every: int = field(default=0, metadata={"min": 0})  # 0: save only at the end
     keep_last: int = field(default=2, metadata={"min": 1})
+    remote_dir: str = ""  # fsspec URL: each complete checkpoint + metrics synced there; --resume auto restores
     grad_clip: float = field(default=1.0, metadata={"min": 0.0})  # 0: off
     deepspeed: str = ""  # a JSON in configs/deepspeed/, e.g. configs/deepspeed/zero2.json
     max_bad_steps: int = field(default=5, metadata={"min": 1})  # consecutive non-finite steps before stopping
@@ -41,6 +42,9 @@ class TrainConfig:
     tensorboard: bool = True
 
     def validate(self) -> None:
+        if self.remote_dir:
+            from common.train.remote import check_remote_url
+            check_remote_url(self.remote_dir)
         if self.deepspeed:
             from common.config.deepspeed_json import read_deepspeed_json
             read_deepspeed_json(self.deepspeed)  # exists, parses, names a ZeRO stage that exists

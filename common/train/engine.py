@@ -106,6 +106,8 @@ class Trainer:
         validate_run = getattr(config, "validate_run", None)
         if callable(validate_run):
             validate_run(self.run)  # checks that depend on the run (world size, DeepSpeed): ConfigError
+        if resume == "auto" and self.cfg.remote_dir:
+            self._restore_from_remote()
         self.resume_from = ckpt.resolve_resume(resume, self.run_dir) if resume else None
         self.schedule = {"steps": self.cfg.steps, "global_batch": self.run.global_batch,
                          "contrastive_batch": self.run.contrastive_batch}
@@ -145,6 +147,13 @@ class Trainer:
             MetricsFile(self.run_dir).truncate_after(self.step)
         log.info("resumed from %s at step %d", path, self.step)
 
+    def _restore_from_remote(self) -> None:
+        """`--resume auto` on a run folder without a complete checkpoint: fetch the newest remote one."""
+        from common.train.remote import restore_if_empty
+        if self.is_main:
+            restore_if_empty(self.cfg.remote_dir, self.run_dir)
+        self.accelerator.wait_for_everyone()
+
     def save(self) -> Path:
         """Atomic checkpoint of the whole training state + consolidated weights for export."""
         acc = self.accelerator
@@ -158,6 +167,9 @@ class Trainer:
             state = EngineState(self.step, self.bad_total, self.skipped_samples, self.schedule)
             ckpt.finalize(tmp, final, state, self.cfg.keep_last)
             self.task.save_weights(state_dict, self.run_dir)  # newest weights at the run's top level
+            if self.cfg.remote_dir:  # after the local write is complete (common/train/remote.py)
+                from common.train.remote import RemoteRun
+                RemoteRun(self.cfg.remote_dir).push_checkpoint(self.run_dir, final, self.cfg.keep_last)
         acc.wait_for_everyone()
         return final
 
