@@ -27,6 +27,13 @@ from stage1_mim.teacher import FrozenTeacher, build_teacher
 log = logging.getLogger("evaclip")
 
 
+def student_trunk(cfg: Stage1Config) -> nn.Module:
+    """The student's timm trunk as the config describes it (`student.*` at `data.image_size`)."""
+    s = cfg.student
+    return create_eva_trunk(s.vision_model, cfg.data.image_size, global_pool=s.global_pool,
+                            drop_path_rate=s.drop_path_rate, attention=s.attention)
+
+
 class MimTask:
     """Stage 1: everything the engine needs, built from a `Stage1Config` and the run's context.
     The constructor loads the frozen teacher; the student is built in `build_model`, after the seed."""
@@ -46,9 +53,7 @@ class MimTask:
     # ---- model -------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
         s = self.cfg.student
-        trunk = create_eva_trunk(s.vision_model, self.cfg.data.image_size, global_pool=s.global_pool,
-                                 drop_path_rate=s.drop_path_rate, attention=s.attention)
-        student = MaskedEvaStudent(trunk, self.teacher.embed_dim)
+        student = MaskedEvaStudent(student_trunk(self.cfg), self.teacher.embed_dim)
         if s.grad_checkpointing:
             student.set_grad_checkpointing(True)
         return student

@@ -11,9 +11,9 @@ import torch
 from open_clip.model import CustomTextCLIP
 
 from common.config.schema import load_config
-from common.vision.trunk import create_eva_trunk
 from common.vision.trunk_io import fit_trunk_state
 from stage1_mim.config import Stage1Config
+from stage1_mim.task import student_trunk
 from stage2_contrastive.config import Stage2Config
 from stage2_contrastive.model import build_clip
 from stage2_contrastive.objective import Objective
@@ -39,7 +39,7 @@ def stage2_on_meta(config: str) -> torch.nn.Module:
 def stage1_trunk_on_meta(config: str) -> torch.nn.Module:
     cfg = load_config(Stage1Config, str(ROOT / "configs/stage1" / config), ["teacher.weights=unused.bin"])
     with torch.device("meta"):
-        return create_eva_trunk(cfg.student.vision_model, cfg.data.image_size, global_pool=cfg.student.global_pool)
+        return student_trunk(cfg)
 
 
 @pytest.mark.parametrize("config", [c if "b16" in c else pytest.param(c, marks=LARGE) for c in STAGE2])

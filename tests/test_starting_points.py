@@ -113,11 +113,13 @@ def test_init_from_a_whole_model_round_trips(stage2_run, tmp_path, form):
         torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
 
 
-def test_continuation_at_336_style_larger_size_resamples_pos_embed_and_loss_switch_adds_the_bias(stage2_run):
+def test_continuation_at_a_larger_size_resamples_pos_embeds_and_a_loss_switch_adds_the_bias(stage2_run):
+    """EVA-CLIP's 224 → 336 px continuation in miniature (28 → 56 px), with a longer context and sigmoid."""
     run, source = stage2_run
-    model, _ = stage2_model([*TINY, "data.image_size=56"], loss="sigmoid")
+    model, _ = stage2_model([*TINY, "data.image_size=56", "model.text.context_length=20"], loss="sigmoid")
     report = init_model(model, resolve_init(run))
-    assert report["resampled"] == ["visual.trunk.pos_embed"] and report["new"] == ["logit_bias"]
+    assert report["resampled"] == ["visual.trunk.pos_embed", "text.positional_embedding"]
+    assert report["new"] == ["logit_bias"]
     assert_every_key_listed_once(report, set(source.state_dict()) | set(model.state_dict()))
     expected = resample_abs_pos_embed(source.visual.trunk.pos_embed.detach(), [4, 4], [2, 2], num_prefix_tokens=1)
     torch.testing.assert_close(model.visual.trunk.pos_embed.detach(), expected)

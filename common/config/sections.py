@@ -43,11 +43,22 @@ class TrainConfig:
 
     def validate(self) -> None:
         if self.remote_dir:
-            from common.train.remote import check_remote_url
             check_remote_url(self.remote_dir)
         if self.deepspeed:
             from common.config.deepspeed_json import read_deepspeed_json
             read_deepspeed_json(self.deepspeed)  # exists, parses, names a ZeRO stage that exists
+
+
+def check_remote_url(url: str) -> None:
+    """`train.remote_dir`: a one-line `ConfigError` for a URL whose file system fsspec does not know or
+    cannot load (common/train/remote.py syncs to it)."""
+    import fsspec
+    protocol = fsspec.utils.get_protocol(url)
+    try:
+        fsspec.get_filesystem_class(protocol)
+    except (ValueError, ImportError) as err:
+        raise ConfigError(f"train.remote_dir='{url}': no fsspec file system for '{protocol}://' "
+                          f"({str(err).splitlines()[0][:120]}) — install its package or use another URL") from None
 
 
 @dataclass

@@ -16,20 +16,9 @@ from pathlib import Path
 import fsspec
 
 from common.artifacts import CHECKPOINTS_DIR, CONFIG_FILE, ENGINE_STATE_FILE, METRICS_FILE, complete_checkpoints
-from common.config.schema import ConfigError
 
 log = logging.getLogger("evaclip")
 RUN_FILES = (METRICS_FILE, CONFIG_FILE)  # the run's top-level files synced with each checkpoint
-
-
-def check_remote_url(url: str) -> None:
-    """One-line `ConfigError` for a URL whose file system fsspec does not know or cannot load."""
-    protocol = fsspec.utils.get_protocol(url)
-    try:
-        fsspec.get_filesystem_class(protocol)
-    except (ValueError, ImportError) as err:
-        raise ConfigError(f"train.remote_dir='{url}': no fsspec file system for '{protocol}://' "
-                          f"({str(err).splitlines()[0][:120]}) — install its package or use another URL") from None
 
 
 class RemoteRun:
