@@ -9,8 +9,9 @@ Each (K, round) runs in its own process, so its peak memory is its own: on a GPU
 (`torch.cuda.max_memory_allocated`), on a CPU the process's peak resident set minus its resident set
 before the first step (the step's activations, gradients and optimizer state). Rounds alternate the
 candidates (K = 1, 2, 4, 1, 2, 4, …), so background load hits each alike; images/s is the median over
-rounds, memory the maximum. The class names the task needs come from a 64-image Fashion-MNIST shard
-written to a temporary folder (`common.datasets`).
+rounds, memory the maximum. The class names the task needs come from `--shards DIR` (train/ and test/
+shards with classnames.txt, e.g. data/gpu_check), or else from a 64-image Fashion-MNIST shard written to a
+temporary folder (`common.datasets`).
 """
 from __future__ import annotations
 
@@ -98,7 +99,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
-    parser.add_argument("--shards", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--shards", default="", help="existing shards (train/, classnames.txt); default: "
+                        "64 Fashion-MNIST images in a temporary folder")
     parser.add_argument("--out", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -113,11 +115,13 @@ def main() -> None:
     from common.datasets.shard_writer import ShardOptions, make_shards
     results: dict[int, list[dict]] = {k: [] for k in args.accum}
     with tempfile.TemporaryDirectory() as tmp:
-        make_shards(ShardOptions(source="fashion-mnist", out=f"{tmp}/shards", samples_per_shard=64,
-                                 max_train=64, max_test=64, seed=0))
+        shards = Path(args.shards) if args.shards else Path(tmp) / "shards"
+        if not args.shards:
+            make_shards(ShardOptions(source="fashion-mnist", out=str(shards), samples_per_shard=64,
+                                     max_train=64, max_test=64, seed=0))
         for round_ in range(args.rounds):
             for accum in args.accum:
-                results[accum].append(run_candidate(args, accum, Path(f"{tmp}/shards"), Path(f"{tmp}/run{round_}_{accum}")))
+                results[accum].append(run_candidate(args, accum, shards, Path(tmp) / f"run{round_}_{accum}"))
     print(json.dumps({
         "bench": "contrastive_accum", "device": args.device, "precision": args.precision,
         "cpu": platform.processor() or platform.machine(), "torch": torch.__version__, "config": args.config,

@@ -40,6 +40,7 @@ def locked_run(fmnist_shards, tmp_path_factory):
     return out, initial, load_file(str(out / "model.safetensors"))
 
 
+@pytest.mark.slow
 def test_locked_groups_are_unchanged_and_unlocked_ones_trained(locked_run):
     _, initial, final = locked_run
     assert set(initial) == set(final)
@@ -47,6 +48,7 @@ def test_locked_groups_are_unchanged_and_unlocked_ones_trained(locked_run):
     assert trained == {k for k in final if expected_trainable(k)}
 
 
+@pytest.mark.slow
 def test_only_unlocked_parameters_are_in_the_optimizer_and_its_checkpointed_state(locked_run):
     out, initial, _ = locked_run
     state = torch.load(checkpoint_dir(out, 2) / "optimizer.bin", weights_only=False)

@@ -53,7 +53,8 @@ def test_stage2_recipe_has_the_size_of_open_clips_model_of_that_name(config):
     assert ours.visual.trunk.patch_embed.grid_size == reference.visual.trunk.patch_embed.grid_size
 
 
-@pytest.mark.parametrize("config", [c if "_b_" in c else pytest.param(c, marks=LARGE) for c in STAGE1])
+@pytest.mark.slow
+@pytest.mark.parametrize("config", list(STAGE1))
 def test_stage1_recipe_student_is_timms_model_and_fits_its_stage2_tower(config):
     stage2_config, paper_size = STAGE1[config]
     trunk = stage1_trunk_on_meta(config)

@@ -44,7 +44,8 @@ def reference(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("scheme", [pytest.param("file", marks=pytest.mark.slow), "memory"])
+@pytest.mark.slow
+@pytest.mark.parametrize("scheme", ["file", "memory"])
 def test_resume_auto_restores_from_remote_after_the_local_folder_is_gone(reference, tmp_path, scheme):
     remote = f"file://{tmp_path / 'bucket'}" if scheme == "file" else f"memory://evaclip-{uuid.uuid4().hex}"
     out = tmp_path / "run"
