@@ -6,12 +6,12 @@ no data loading). Prints one JSON line.
 [--rounds 2] [--device cpu|cuda] [--precision fp32|bf16] [--config configs/stage2/fmnist_tiny.yaml]`
 
 Each (K, round) runs in its own process, so its peak memory is its own: on a GPU the allocator's peak
-(`torch.cuda.max_memory_allocated`), on a CPU the process's peak resident set minus its resident set
-before the first step (the step's activations, gradients and optimizer state). Rounds alternate the
-candidates (K = 1, 2, 4, 1, 2, 4, …), so background load hits each alike; images/s is the median over
-rounds, memory the maximum. The class names the task needs come from `--shards DIR` (train/ and test/
-shards with classnames.txt, e.g. data/gpu_check), or else from a 64-image Fashion-MNIST shard written to a
-temporary folder (`common.datasets`).
+(`torch.cuda.max_memory_allocated`), on a CPU the process's peak resident set (`ru_maxrss`) minus its
+resident set before the first step (the steps' activations, gradients and optimizer state; Linux /proc).
+Rounds alternate the candidates (K = 1, 2, 4, 1, 2, 4, …), so background load hits each alike; images/s is
+the median over rounds, memory the maximum. The class names the task needs come from `--shards DIR`
+(train/ and test/ shards with classnames.txt, e.g. data/gpu_check), or else from a 64-image Fashion-MNIST
+shard written to a temporary folder (`common.datasets`).
 """
 from __future__ import annotations
 
@@ -59,11 +59,11 @@ def child(args: argparse.Namespace) -> dict:
     trainer = Trainer(cfg, make)
     stream = trainer._batches()
     cuda = trainer.run.device.type == "cuda"
+    rss_before = resident_bytes()
     trainer._train_step(stream)  # warm-up: allocator, optimizer state
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
     for _ in range(args.steps):
         trainer._train_step(stream)
@@ -71,8 +71,15 @@ def child(args: argparse.Namespace) -> dict:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     peak = (torch.cuda.max_memory_allocated() if cuda else
-            (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) * 1024)
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before)
     return {"images_per_s": args.steps * args.batch / seconds, "peak_mib": peak / 2**20}
+
+
+def resident_bytes() -> int:
+    """This process's resident set now (Linux: /proc/self/statm, in pages)."""
+    import os
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def run_candidate(args: argparse.Namespace, accum: int, shards: Path, out: Path) -> dict:

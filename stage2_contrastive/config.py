@@ -69,7 +69,8 @@ class ModelConfig:
     text: TextConfig = field(default_factory=TextConfig)
 
     def validate(self) -> None:
-        for lock, unlocked in (("lock_image", "lock_image_unlocked_groups"), ("lock_text", "lock_text_unlocked_layers")):
+        pairs = (("lock_image", "lock_image_unlocked_groups"), ("lock_text", "lock_text_unlocked_layers"))
+        for lock, unlocked in pairs:
             if getattr(self, unlocked) and not getattr(self, lock):
                 raise ConfigError(f"model.{unlocked}={getattr(self, unlocked)} has no effect without "
                                   f"model.{lock}=true — set model.{lock}=true or remove it")
@@ -90,7 +91,8 @@ class Stage2Config:
         """Cross-field checks that no single field can make."""
         check_vision_config(self.model.vision_model, self.data.image_size)
         if self.model.text.hf_model and self.model.text.open_clip_model:
-            raise ConfigError("model.text.hf_model and model.text.open_clip_model both name the text tower — keep one")
+            raise ConfigError("model.text.hf_model and model.text.open_clip_model both name the text tower — "
+                              "keep one")
         if self.model.text.hf_model:
             check_hf_text_tower(self.model.text)
         elif self.model.text.open_clip_model:

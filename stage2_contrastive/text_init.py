@@ -6,6 +6,7 @@ checkpoint, converted to open_clip's `text.*` layout with open_clip's own `conve
 """
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import zipfile
@@ -38,7 +39,6 @@ def open_clip_model_config(value: str) -> dict[str, Any]:
         return config.get("model_cfg", config)
     config = open_clip.get_model_config(value)
     if config is None:
-        import difflib
         close = difflib.get_close_matches(value, open_clip.list_models(), n=1)
         hint = f"did you mean '{close[0]}'?" if close else "see open_clip.list_models()"
         raise ConfigError(f"model.text.open_clip_model='{value}' is not an open_clip model config — {hint}")
