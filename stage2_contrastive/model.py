@@ -16,12 +16,11 @@ import torch
 from open_clip.model import CustomTextCLIP
 from torch import nn
 
-from common.artifacts import load_weights
-from common.config.schema import ConfigError
 from common.train.optim import no_decay_names
 from common.vision.trunk import create_eva_trunk
 from stage2_contrastive.config import ModelConfig, TextConfig, resolve_hf_folder
 from stage2_contrastive.objective import Objective
+from stage2_contrastive.text_init import load_text_tower, named_text_cfg
 
 log = logging.getLogger("evaclip")
 
@@ -32,26 +31,37 @@ def open_clip_model_cfg(cfg: ModelConfig, objective: Objective, image_size: int)
         "custom_text": True,  # open_clip builds CustomTextCLIP (towers under `visual.*` / `text.*`)
         "nonscalar_logit_scale": True,  # [1]-shaped scale/bias: DeepSpeed cannot broadcast 0-d params
         "embed_dim": cfg.embed_dim,
+        **({"quick_gelu": True} if text_quick_gelu(cfg.text) else {}),
         **objective.model_cfg(),
         "vision_cfg": {"timm_model_name": cfg.vision_model, "timm_model_pretrained": False,
-                       "timm_pool": "avg", "timm_proj": "linear", "image_size": image_size,
+                       "timm_pool": cfg.vision_pool, "timm_proj": VISION_PROJ[cfg.vision_proj],
+                       "image_size": image_size,
                        "timm_drop_path": cfg.drop_path_rate, "patch_dropout": cfg.patch_dropout},
         "text_cfg": text_tower_cfg(cfg.text),
     }
 
 
+VISION_PROJ = {"linear": "linear", "trunk_head": None}  # open_clip's timm_proj values
 HF_POOLERS = {"mean": "mean_pooler", "cls": "cls_last_hidden_state_pooler"}  # open_clip's pooler names
 
 
 def text_tower_cfg(text: TextConfig) -> dict[str, Any]:
     """open_clip's `text_cfg`: the native tower's shape, or an HF encoder folder (weights loaded from it,
     its own tokenizer) with pooling and a bias-free linear projection to the joint embedding."""
+    if text.open_clip_model:
+        return named_text_cfg(text.open_clip_model)[0]
     if not text.hf_model:
         return {"context_length": text.context_length, "vocab_size": text.vocab_size, "width": text.width,
                 "heads": text.heads, "layers": text.layers}
     folder = str(resolve_hf_folder(text.hf_model))
     return {"context_length": text.context_length, "hf_model_name": folder, "hf_tokenizer_name": folder,
             "hf_model_pretrained": True, "hf_pooler_type": HF_POOLERS[text.hf_pooler], "hf_proj_type": "linear"}
+
+
+def text_quick_gelu(text: TextConfig) -> bool:
+    """QuickGELU in the native text tower: what the open_clip config it copies says (OpenAI's are
+    `*-quickgelu`); open_clip applies it to the text tower only (the vision tower is timm's)."""
+    return bool(text.open_clip_model) and named_text_cfg(text.open_clip_model)[1]
 
 
 def build_clip(cfg: ModelConfig, objective: Objective, image_size: int) -> CustomTextCLIP:
@@ -61,9 +71,11 @@ def build_clip(cfg: ModelConfig, objective: Objective, image_size: int) -> Custo
     model_cfg = open_clip_model_cfg(cfg, objective, image_size)
     vision_cfg = dict(model_cfg["vision_cfg"], patch_dropout=0.0)  # no throwaway 224-px trunk kwargs
     model_cfg.pop("custom_text")
-    model = CustomTextCLIP(**dict(model_cfg, vision_cfg=vision_cfg), output_dict=True)
-    model.visual.trunk = create_eva_trunk(cfg.vision_model, image_size, drop_path_rate=cfg.drop_path_rate,
-                                          patch_drop_rate=cfg.patch_dropout, attention=cfg.attention)
+    model = CustomTextCLIP(**dict(model_cfg, vision_cfg=vision_cfg), output_dict=True)  # quick_gelu: text only
+    model.visual.trunk = create_eva_trunk(
+        cfg.vision_model, image_size, global_pool=cfg.vision_pool, drop_path_rate=cfg.drop_path_rate,
+        patch_drop_rate=cfg.patch_dropout, attention=cfg.attention,
+        num_classes=cfg.embed_dim if cfg.vision_proj == "trunk_head" else 0)
     model.visual.image_size = (image_size, image_size)
     if cfg.text.weights:
         load_text_tower(model, cfg.text.weights)
@@ -86,27 +98,11 @@ def set_text_grad_checkpointing(text: nn.Module) -> None:
         text.set_grad_checkpointing(True)
 
 
-def load_text_tower(model: CustomTextCLIP, path: str) -> None:
-    """Initialise `model.text` from the `text.*` tensors of a local open_clip checkpoint (strict)."""
-    state = load_weights(path)
-    text_state = {k[len("text."):]: v for k, v in state.items() if k.startswith("text.")}
-    if not text_state:
-        raise ConfigError(f"'{path}' holds no 'text.*' tensors — model.text.weights must be an open_clip "
-                         "CustomTextCLIP checkpoint (e.g. an exported open_clip_model.safetensors)")
-    own = model.text.state_dict()
-    for key, value in text_state.items():
-        if key in own and own[key].shape != value.shape:
-            raise ConfigError(f"text tower shape mismatch for '{key}': checkpoint {tuple(value.shape)} vs "
-                             f"model {tuple(own[key].shape)} — set model.text.* to the checkpoint's config")
-    model.text.load_state_dict(text_state, strict=True)
-    log.info("text tower initialised from %s (%d tensors)", path, len(text_state))
-
-
 def build_tokenizer(cfg: ModelConfig) -> open_clip.tokenizer.SimpleTokenizer | open_clip.tokenizer.HFTokenizer:
     """The text tower's own tokenizer at its context length: open_clip's bundled CLIP BPE for the native
     tower, the HF model folder's tokenizer (open_clip's `HFTokenizer`, as `get_tokenizer` builds it)."""
     if not cfg.text.hf_model:
-        return open_clip.tokenizer.SimpleTokenizer(context_length=cfg.text.context_length)
+        return open_clip.tokenizer.SimpleTokenizer(context_length=text_tower_cfg(cfg.text)["context_length"])
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # data workers fork after eval's batch encodes
     return open_clip.tokenizer.HFTokenizer(str(resolve_hf_folder(cfg.text.hf_model)),
                                            context_length=cfg.text.context_length)
@@ -120,6 +116,20 @@ _TEXT_LAYER = re.compile(r"(?:^|\.)(?:layer|layers|block|resblocks)\.(\d+)\.")
 def text_encoder_params(text: nn.Module) -> list[nn.Parameter]:
     """The text tower without its projection to the joint embedding: what `lock_steps` freezes."""
     return [p for n, p in text.named_parameters() if n.split(".")[0] not in TEXT_PROJECTIONS]
+
+
+def lock_towers(model: CustomTextCLIP, cfg: ModelConfig) -> None:
+    """`model.lock_image` / `model.lock_text` through open_clip's own locks (`TimmModel.lock`: all but the
+    last N timm groups of the trunk, batch-norm statistics frozen; `TextTransformer.lock` /
+    `HFTextEncoder.lock`: all but the last N layer groups)."""
+    if cfg.lock_image:
+        model.lock_image_tower(unlocked_groups=cfg.lock_image_unlocked_groups, freeze_bn_stats=True)
+    if cfg.lock_text:
+        model.lock_text_tower(unlocked_layers=cfg.lock_text_unlocked_layers, freeze_layer_norm=True)
+    if cfg.lock_image or cfg.lock_text:
+        frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+        log.info("locked %d of %d parameters (model.lock_image=%s, model.lock_text=%s)", frozen,
+                 sum(p.numel() for p in model.parameters()), cfg.lock_image, cfg.lock_text)
 
 
 def set_text_lock(text: nn.Module, locked: bool) -> None:

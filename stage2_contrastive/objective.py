@@ -103,9 +103,10 @@ class Objective:
             raise ConfigError("model.init_logit_bias is only used by loss: sigmoid — remove it or set loss=sigmoid")
 
     @classmethod
-    def from_config(cls, kind: LossKind, model: LogitInit, global_micro_batch: int) -> "Objective":
-        """Defaults: t = 1/0.07 (CLIP) or 10 (SigLIP); b = −ln(B−1) for the B pairs one loss call sees
-        across ranks: at init every pair scores σ(b) = 1/B, the prior rate of positives in a B×B batch.
+    def from_config(cls, kind: LossKind, model: LogitInit, contrastive_batch: int) -> "Objective":
+        """Defaults: t = 1/0.07 (CLIP) or 10 (SigLIP); b = −ln(B−1) for the B = `contrastive_batch` pairs
+        one loss scores across ranks (micro-batch × `train.contrastive_accum` × ranks, `RunContext`): at
+        init every pair scores σ(b) = 1/B, the prior rate of positives in a B×B batch.
         (SigLIP's −10 is this prior for B ≈ 22 000; small batches need the matching, milder value.)"""
         init_logit_scale, init_logit_bias = model.init_logit_scale, model.init_logit_bias
         cls.check(kind, init_logit_bias)
@@ -113,7 +114,7 @@ class Objective:
             math.log(1 / 0.07) if kind == "softmax" else math.log(10.0))
         bias = None
         if kind == "sigmoid":
-            bias = init_logit_bias if init_logit_bias is not None else -math.log(max(global_micro_batch - 1, 1))
+            bias = init_logit_bias if init_logit_bias is not None else -math.log(max(contrastive_batch - 1, 1))
         return cls(kind, scale, bias)
 
     def model_cfg(self) -> dict[str, Any]:

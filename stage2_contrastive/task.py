@@ -17,8 +17,10 @@ from common.data.transforms import eval_transform, preprocess_cfg, train_transfo
 from common.evaluation.classify import zeroshot_accuracy
 from common.train.context import RunContext
 from common.train.optim import tower_param_groups
+from stage2_contrastive.accumulation import cached_contrastive_passes
 from stage2_contrastive.config import Stage2Config
-from stage2_contrastive.model import build_clip, build_tokenizer, open_clip_model_cfg, set_text_lock, text_param_groups
+from stage2_contrastive.model import (build_clip, build_tokenizer, lock_towers, open_clip_model_cfg, set_text_lock,
+                                      text_param_groups)
 from stage2_contrastive.objective import Objective
 from stage2_contrastive.zeroshot import PairLoss, evaluate_clip
 
@@ -27,7 +29,7 @@ log = logging.getLogger("evaclip")
 
 class ContrastiveTask:
     """Stage 2: everything the engine needs, built from a `Stage2Config`, the run's context and an
-    optional stage-1 trunk file to initialise the vision tower from (`--init`)."""
+    optional weights file to start from (`--init`: a stage-1 trunk or a whole CLIP, starting_point.py)."""
 
     def __init__(self, cfg: Stage2Config, run: RunContext, init: str | Path | None = None):
         self.cfg, self.run, self.init = cfg, run, init
@@ -36,7 +38,7 @@ class ContrastiveTask:
         self.tokenizer = build_tokenizer(cfg.model)
         size, aug = cfg.data.image_size, cfg.data.augment
         self.train_tf, self.eval_tf = train_transform(size, aug), eval_transform(size, aug)
-        self.objective = Objective.from_config(cfg.loss, cfg.model, run.global_micro_batch)
+        self.objective = Objective.from_config(cfg.loss, cfg.model, run.contrastive_batch)
         self.loss_fn = self.objective.loss(run.rank, run.world_size)
         self.eval_loss_fn = self.objective.loss(0, 1)  # on the gathered held-out features, on every rank
         self.text_tower: nn.Module | None = None  # the model's text tower, for `lock_steps`
@@ -45,8 +47,9 @@ class ContrastiveTask:
     def build_model(self) -> nn.Module:
         model = build_clip(self.cfg.model, self.objective, self.cfg.data.image_size)
         if self.init:
-            from stage2_contrastive.from_stage1 import init_vision_from_stage1
-            init_vision_from_stage1(model, self.init)
+            from stage2_contrastive.starting_point import init_model
+            init_model(model, self.init)
+        lock_towers(model, self.cfg.model)
         self.text_tower = model.text
         self._sync_text_lock(step=0)
         return model
@@ -89,7 +92,15 @@ class ContrastiveTask:
 
     # ---- step --------------------------------------------------------------------------------
     def training_loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict]:
-        out = model(batch["image"], batch["text"])
+        return self._score(model(batch["image"], batch["text"]))
+
+    def contrastive_group(self, model: nn.Module, batches: list[dict[str, Any]]
+                          ) -> Iterator[tuple[torch.Tensor, dict]]:
+        """`train.contrastive_accum`: the micro-batches scored as one batch (`accumulation.py`)."""
+        return cached_contrastive_passes(lambda b: model(b["image"], b["text"]), batches, self._score)
+
+    def _score(self, out: dict[str, Any]) -> tuple[torch.Tensor, dict]:
+        """(loss, extras) of the model's outputs for one contrastive batch."""
         logit_bias = out.get("logit_bias")
         loss = self.loss_fn(out["image_features"], out["text_features"], out["logit_scale"], logit_bias)
         extras = {"logit_scale": out["logit_scale"].detach()}
@@ -116,7 +127,7 @@ class ContrastiveTask:
         metrics: dict[str, Any] = {}
         if self.data.eval_urls:
             loss = PairLoss(self.eval_loss_fn, clip.logit_scale.exp(), getattr(clip, "logit_bias", None),
-                            self.run.global_micro_batch)
+                            self.run.contrastive_batch)
             batches = self.data.eval_batches(self._eval_sample, final)
             metrics.update(evaluate_clip(encode_image, encode_text, batches, self.data.classnames,
                                          self.templates, device, loss))

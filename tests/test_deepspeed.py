@@ -4,7 +4,9 @@ One 3-step stage-2 run per ZeRO stage, checked against one plain 2-process run: 
 the configured stage (the engine's start record, and DeepSpeed's own optimizer state on disk), its
 checkpoint holds one optimizer shard per rank, its losses and gradient norms after ZeRO optimizer steps
 equal the plain run's, and its consolidated weights are the plain run's trained weights. The NaN guard
-runs on the tiny linear task under each stage, with a non-finite loss and a non-finite gradient.
+runs on the tiny linear task under each stage, with a non-finite loss and a non-finite gradient. The
+shipped offload config (ZeRO-3, optimizer and parameters offloaded to the CPU, the engine's own optimizer)
+trains with contrastive accumulation exactly like the plain run.
 """
 from __future__ import annotations
 
@@ -177,3 +179,18 @@ def test_zero_non_finite_loss_and_gradient_steps_are_skipped_and_counted(tmp_pat
     assert (states["global_steps"], states["skipped_steps"]) == (3, 1)
     weights = load_file(str(tmp_path / "model.safetensors"))
     assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_zero3_offload_with_contrastive_accumulation_trains_like_the_plain_run(plain_run, fmnist_shards, tmp_path):
+    """configs/deepspeed/zero3_offload.json with train.contrastive_accum=2 over micro-batches of 4: the
+    losses and gradient norms of the plain run's batches of 8 (the same samples, scored as one batch)."""
+    run = train_stage2(tmp_path, fmnist_shards, "train.deepspeed=configs/deepspeed/zero3_offload.json",
+                       "train.batch_size=4", "train.contrastive_accum=2")
+    assert_deepspeed_ran(run, 3)
+    zero = load_deepspeed_file(deepspeed_folder(run) / model_states_file(3))["ds_config"]["zero_optimization"]
+    assert zero["offload_optimizer"]["device"] == zero["offload_param"]["device"] == "cpu"
+    offloaded, plain = loss_records(run), loss_records(plain_run)
+    assert [r["step"] for r in offloaded] == [r["step"] for r in plain] == list(range(1, STEPS + 1))
+    for o, p in zip(offloaded, plain):
+        assert o["loss"] == pytest.approx(p["loss"], rel=RTOL), o["step"]
+        assert o["grad_norm"] == pytest.approx(p["grad_norm"], rel=RTOL), o["step"]

@@ -1,5 +1,6 @@
 """`--init`: a stage-1 trunk loads strictly into the stage-2 vision tower; a wrong shape, a missing tensor or
 a tensor the trunk lacks is a one-line error; only the allow-listed classifier head (`head.*`) may be extra.
+(A whole-CLIP start: test_starting_points.py.)
 (The CLI path, stage 1 → `--init` → saved stage-2 trunk, is in test_stage1_train.py.)"""
 from __future__ import annotations
 
@@ -14,12 +15,17 @@ from common.vision.trunk_io import TrunkMismatchError
 from common.vision.trunk import create_eva_trunk
 from stage1_mim.model import MaskedEvaStudent
 from stage2_contrastive.config import ModelConfig, TextConfig
-from stage2_contrastive.from_stage1 import init_vision_from_stage1
+from stage2_contrastive.starting_point import init_model, resolve_init
 from stage2_contrastive.model import build_clip
 from stage2_contrastive.objective import Objective
 
 State = dict[str, torch.Tensor]
 TINY_TEXT = TextConfig(context_length=8, width=32, heads=2, layers=1)
+
+
+def init_vision_from_stage1(model, path) -> dict[str, list[str]]:
+    """What `--init PATH` does for a stage-1 run or trunk file."""
+    return init_model(model, resolve_init(path))
 
 
 def clip(image_size: int = 28, name: str = "eva02_tiny_patch14_224"):
@@ -65,7 +71,7 @@ def test_wrong_architecture_names_both_shapes(tmp_path):
 
 
 def test_missing_init_path_is_a_clear_error(tmp_path):
-    with pytest.raises(ConfigError, match="stage-1 run folder"):
+    with pytest.raises(ConfigError, match="pass a stage-1 run"):
         init_vision_from_stage1(clip(), tmp_path / "nope")
 
 

@@ -46,6 +46,22 @@ def test_weight_decay_skips_1d_embedding_like_and_listed_parameters():
     assert {scale for scale, _ in settings.values()} == {3.0}
 
 
+def test_weight_decay_follows_the_papers_rule_on_a_real_eva_trunk_and_text_tower():
+    """Decayed: every ≥ 2-D weight matrix and kernel, `patch_embed.proj.weight` (a conv kernel) included.
+    Exempt: 1-D params, pos_embed, cls_token, the text tower's token and position embeddings."""
+    from open_clip.transformer import TextTransformer
+    trunk = timm.create_model("eva02_tiny_patch14_224", pretrained=False, img_size=28, num_classes=0, depth=1)
+    text = TextTransformer(context_length=8, vocab_size=50, width=16, heads=2, layers=1, output_dim=8)
+    for tower, exempt_2d in ((trunk, {"pos_embed", "cls_token"}),
+                             (text, {"token_embedding.weight", "positional_embedding"})):
+        settings = settings_by_name(tower, tower_param_groups(tower, WEIGHT_DECAY))
+        decayed = {n for n, (_, wd) in settings.items() if wd > 0}
+        expected = {n for n, p in tower.named_parameters() if p.ndim >= 2} - exempt_2d
+        assert decayed == expected
+    assert "patch_embed.proj.weight" in {n for n, (_, wd) in settings_by_name(
+        trunk, tower_param_groups(trunk, WEIGHT_DECAY)).items() if wd > 0}
+
+
 def test_layer_decay_scales_blocks_by_their_depth_times_the_tower_scale():
     """timm's layer ids: patch embedding + tokens 0, block k → k + 1, final norm DEPTH + 1 (scale 1)."""
     trunk = timm.create_model("eva02_tiny_patch14_224", pretrained=False, img_size=28, num_classes=0,

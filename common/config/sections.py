@@ -20,10 +20,15 @@ ResizeMode = Literal["shortest", "longest", "squash"]
 
 @dataclass
 class TrainConfig:
-    """The engine's loop. Batch sizes are per process; the global batch is × processes × grad_accum."""
+    """The engine's loop. `batch_size` is per process and per forward (the micro-batch). Two accumulations:
+    `contrastive_accum` K scores K micro-batches as ONE contrastive batch (K × batch_size × processes
+    pairs: more negatives, the memory of one micro-batch; a task that supports it, stage 2), and
+    `grad_accum` G sums the gradients of G such batches, each scored on its own (more samples per
+    optimizer step, NOT more negatives). Samples per optimizer step: batch_size × K × G × processes."""
     output_dir: str = "runs/default"
     steps: int = field(default=100, metadata={"min": 1})
     batch_size: int = field(default=64, metadata={"min": 1})
+    contrastive_accum: int = field(default=1, metadata={"min": 1})
     grad_accum: int = field(default=1, metadata={"min": 1})
     precision: Precision = "fp32"
     seed: int = 0
@@ -31,6 +36,7 @@ class TrainConfig:
     eval_every: int = field(default=0, metadata={"min": 0})  # 0: evaluate only at the end
     save_every: int = field(default=0, metadata={"min": 0})  # 0: save only at the end
     keep_last: int = field(default=2, metadata={"min": 1})
+    remote_dir: str = ""  # fsspec URL: each complete checkpoint + metrics synced there; --resume auto restores
     grad_clip: float = field(default=1.0, metadata={"min": 0.0})  # 0: off
     deepspeed: str = ""  # a JSON in configs/deepspeed/, e.g. configs/deepspeed/zero2.json
     max_bad_steps: int = field(default=5, metadata={"min": 1})  # consecutive non-finite steps before stopping
@@ -39,9 +45,23 @@ class TrainConfig:
     tensorboard: bool = True
 
     def validate(self) -> None:
+        if self.remote_dir:
+            check_remote_url(self.remote_dir)
         if self.deepspeed:
             from common.config.deepspeed_json import read_deepspeed_json
             read_deepspeed_json(self.deepspeed)  # exists, parses, names a ZeRO stage that exists
+
+
+def check_remote_url(url: str) -> None:
+    """`train.remote_dir`: a one-line `ConfigError` for a URL whose file system fsspec does not know or
+    cannot load (common/train/remote.py syncs to it)."""
+    import fsspec
+    protocol = fsspec.utils.get_protocol(url)
+    try:
+        fsspec.get_filesystem_class(protocol)
+    except (ValueError, ImportError) as err:
+        raise ConfigError(f"train.remote_dir='{url}': no fsspec file system for '{protocol}://' "
+                          f"({str(err).splitlines()[0][:120]}) — install its package or use another URL") from None
 
 
 @dataclass

@@ -21,7 +21,7 @@ def load_deepspeed_config(path: str, cfg: TrainConfig) -> dict[str, Any]:
     """Read a DeepSpeed JSON and fill what the engine owns (micro batch, accumulation, clipping)."""
     ds = read_deepspeed_json(path)
     ds["train_micro_batch_size_per_gpu"] = cfg.batch_size
-    ds["gradient_accumulation_steps"] = cfg.grad_accum
+    ds["gradient_accumulation_steps"] = cfg.grad_accum * cfg.contrastive_accum  # backward passes per step
     ds["gradient_clipping"] = cfg.grad_clip
     ds.pop("train_batch_size", None)
     ds.setdefault("zero_allow_untested_optimizer", True)  # our optimizer is timm's AdamW/LAMB
@@ -54,14 +54,16 @@ def make_accelerator(cfg: TrainConfig):
     elif on_cpu:
         kwargs["cpu"] = True
     return Accelerator(mixed_precision="no" if cfg.precision == "fp32" else cfg.precision,
-                       gradient_accumulation_steps=cfg.grad_accum, kwargs_handlers=handlers, **kwargs)
+                       gradient_accumulation_steps=cfg.grad_accum * cfg.contrastive_accum,  # backward passes
+                       kwargs_handlers=handlers, **kwargs)
 
 
 def run_context(accelerator: Any, cfg: TrainConfig) -> RunContext:
     """The `RunContext` of this process under `accelerator`."""
     return RunContext(rank=accelerator.process_index, world_size=accelerator.num_processes,
                       device=accelerator.device, micro_batch=cfg.batch_size, grad_accum=cfg.grad_accum,
-                      precision=cfg.precision, deepspeed=accelerator.distributed_type.name == "DEEPSPEED")
+                      precision=cfg.precision, deepspeed=accelerator.distributed_type.name == "DEEPSPEED",
+                      contrastive_accum=cfg.contrastive_accum)
 
 
 def shutdown(accelerator: Any, model: Any) -> None:

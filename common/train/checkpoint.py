@@ -34,8 +34,9 @@ def check_same_schedule(ckpt: Path, schedule: dict[str, int]) -> None:
     saved = EngineState.read(ckpt).schedule
     for key, value in schedule.items():
         if key in saved and saved[key] != value:
-            hint = ("set train.steps" if key == "steps" else "use processes × train.batch_size × "
-                    "train.grad_accum =")
+            hint = {"steps": "set train.steps", "contrastive_batch": "use processes × train.batch_size × "
+                    "train.contrastive_accum ="}.get(key, "use processes × train.batch_size × "
+                                                      "train.contrastive_accum × train.grad_accum =")
             raise ConfigError(f"--resume {ckpt}: it was trained with {key}={saved[key]}, this run has "
                               f"{key}={value} — {hint} {saved[key]} to resume it, or train into a new "
                               "train.output_dir")

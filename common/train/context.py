@@ -13,20 +13,27 @@ class RunContext:
     world_size: int
     device: torch.device
     micro_batch: int   # samples per rank per forward (train.batch_size)
-    grad_accum: int    # micro-batches per optimizer step (train.grad_accum)
+    grad_accum: int    # contrastive batches whose gradients are summed per optimizer step (train.grad_accum)
     precision: str     # train.precision
     deepspeed: bool    # DeepSpeed wraps the model: its trained parameter set is fixed when it is wrapped
+    contrastive_accum: int = 1  # micro-batches scored as one contrastive batch (train.contrastive_accum)
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
     @property
-    def global_micro_batch(self) -> int:
-        """Rows one loss call sees across ranks (per-rank micro-batch × world size)."""
-        return self.micro_batch * self.world_size
+    def contrastive_batch(self) -> int:
+        """Pairs one contrastive loss scores across ranks: micro-batch × contrastive_accum × world size."""
+        return self.micro_batch * self.contrastive_accum * self.world_size
+
+    @property
+    def backward_passes(self) -> int:
+        """Backward passes per optimizer step: contrastive_accum × grad_accum (accelerate's and DeepSpeed's
+        gradient-accumulation steps)."""
+        return self.contrastive_accum * self.grad_accum
 
     @property
     def global_batch(self) -> int:
-        """Samples per optimizer step across ranks (micro-batch × grad_accum × world size)."""
-        return self.micro_batch * self.grad_accum * self.world_size
+        """Samples per optimizer step across ranks (contrastive batch × grad_accum)."""
+        return self.contrastive_batch * self.grad_accum

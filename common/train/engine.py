@@ -64,6 +64,17 @@ class Task(Protocol):
         """Main process only: write the consolidated weights a user exports from (`common.artifacts`)."""
 
 
+class ContrastiveGroupTask(Task, Protocol):
+    """A task that also supports `train.contrastive_accum` K > 1 (stage 2); the engine refuses K > 1 for
+    any other (`hasattr(task, "contrastive_group")`)."""
+
+    def contrastive_group(self, model: nn.Module, batches: list[dict[str, Any]]
+                          ) -> Iterator[tuple[torch.Tensor, dict]]:
+        """Score K micro-batches as ONE contrastive batch: yield K (loss, extras), one per backward pass.
+        The engine back-propagates each before asking for the next; the K gradients sum to the gradient
+        of the group's loss, and each yielded loss has that loss's value."""
+
+
 TaskFactory = Callable[[RunContext], Task]
 
 
@@ -100,13 +111,19 @@ class Trainer:
         validate_run = getattr(config, "validate_run", None)
         if callable(validate_run):
             validate_run(self.run)  # checks that depend on the run (world size, DeepSpeed): ConfigError
+        if resume == "auto" and self.cfg.remote_dir:
+            self._restore_from_remote()
         self.resume_from = ckpt.resolve_resume(resume, self.run_dir) if resume else None
-        self.schedule = {"steps": self.cfg.steps, "global_batch": self.run.global_batch}
+        self.schedule = {"steps": self.cfg.steps, "global_batch": self.run.global_batch,
+                         "contrastive_batch": self.run.contrastive_batch}
         if self.resume_from is not None:
             ckpt.check_same_schedule(self.resume_from, self.schedule)
         if self.is_main:
             write_config(self.run_dir, config)
         self.task = make_task(self.run)
+        if self.run.contrastive_accum > 1 and not hasattr(self.task, "contrastive_group"):
+            raise ConfigError(f"train.contrastive_accum={self.run.contrastive_accum}: this stage scores each "
+                              "sample on its own, so there are no negatives to add — use train.grad_accum")
         torch.manual_seed(self.cfg.seed)  # identical initial weights on every rank
         model = self.task.build_model()
         optimizer = build_optimizer(self.task.param_groups(model), self.optim_cfg)
@@ -138,6 +155,13 @@ class Trainer:
             MetricsFile(self.run_dir).truncate_after(self.step)
         log.info("resumed from %s at step %d", path, self.step)
 
+    def _restore_from_remote(self) -> None:
+        """`--resume auto` on a run folder without a complete checkpoint: fetch the newest remote one."""
+        from common.train.remote import restore_if_empty
+        if self.is_main:
+            restore_if_empty(self.cfg.remote_dir, self.run_dir)
+        self.accelerator.wait_for_everyone()
+
     def save(self) -> Path:
         """Atomic checkpoint of the whole training state + consolidated weights for export."""
         acc = self.accelerator
@@ -153,6 +177,9 @@ class Trainer:
                                 dict(self.source_draws))
             ckpt.finalize(tmp, final, state, self.cfg.keep_last)
             self.task.save_weights(state_dict, self.run_dir)  # newest weights at the run's top level
+            if self.cfg.remote_dir:  # after the local write is complete (common/train/remote.py)
+                from common.train.remote import RemoteRun
+                RemoteRun(self.cfg.remote_dir).push_checkpoint(self.run_dir, final, self.cfg.keep_last)
         acc.wait_for_everyone()
         return final
 
@@ -163,21 +190,38 @@ class Trainer:
             flag = self.accelerator.reduce(flag, reduction="mean")
         return bool(flag.item() == 1.0)
 
+    def _next_batch(self, batches: Iterator[dict]) -> dict:
+        batch = next(batches)
+        self.skipped_samples += int(batch.pop("skipped", torch.zeros(1)).sum())
+        self.new_draws.update(batch.pop("source", ()))
+        return _to_device(batch, self.accelerator.device, self.input_dtype)
+
+    def _loss_passes(self, batches: Iterator[dict]) -> Iterator[tuple[torch.Tensor, dict]]:
+        """The (loss, extras) of each backward pass of one optimizer step, computed when asked for (inside
+        that pass's accumulate/autocast context): `grad_accum` groups of `contrastive_accum` passes; a
+        group of K > 1 micro-batches is scored as one contrastive batch by the task's `contrastive_group`."""
+        group = self.run.contrastive_accum
+        for _ in range(self.cfg.grad_accum):
+            if group == 1:
+                yield self.task.training_loss(self.model, self._next_batch(batches))
+            else:
+                yield from self.task.contrastive_group(self.model, [self._next_batch(batches) for _ in range(group)])
+
     def _train_step(self, batches: Iterator[dict]) -> tuple[torch.Tensor | None, dict]:
-        """Forward/backward over `grad_accum` micro-batches and one optimizer step.
+        """Forward/backward over `grad_accum` × `contrastive_accum` passes and one optimizer step.
         Returns (mean loss or None if the step was skipped as non-finite, extras)."""
         acc, losses, extras = self.accelerator, [], {}
         self.model.train()
-        for _ in range(self.cfg.grad_accum):
-            batch = next(batches)
-            self.skipped_samples += int(batch.pop("skipped", torch.zeros(1)).sum())
-            self.new_draws.update(batch.pop("source", ()))
-            batch = _to_device(batch, acc.device, self.input_dtype)
+        passes = self._loss_passes(batches)
+        # accelerate (and DeepSpeed) divide each backward by all passes; a contrastive group's K passes
+        # each carry a part of ONE loss's gradient, so they are scaled back by K
+        group = self.run.contrastive_accum
+        for _ in range(self.run.backward_passes):
             with acc.accumulate(self.model), acc.autocast():
-                loss, extras = self.task.training_loss(self.model, batch)
+                loss, extras = next(passes)
                 if not self._all_finite(loss):
                     return self._skip_step("loss")
-                acc.backward(loss)
+                acc.backward(loss * group if group > 1 else loss)
                 losses.append(loss.detach())
                 if acc.sync_gradients and self.is_deepspeed:
                     # DeepSpeed clipped and stepped inside `backward`; on a non-finite norm its ZeRO

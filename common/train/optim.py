@@ -6,6 +6,7 @@ multiplies every group's own base lr, so scales survive warmup and decay.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Iterable
 
 import torch
@@ -14,14 +15,18 @@ from torch import nn
 
 from common.config.sections import OptimConfig
 
-# Parameters that never get weight decay besides 1-D ones (norms, biases): embeddings, tokens, logit scale/bias.
-NO_DECAY_MARKERS = ("embed", "token", "logit_scale", "logit_bias", "positional_embedding")
+# Parameters exempt from weight decay besides 1-D ones (norms, biases), as timm, open_clip and EVA exempt
+# them: position embeddings, class/register/mask tokens, token-embedding tables, the logit scale and bias.
+# Matched on the LAST name component(s), so `patch_embed.proj.weight` (a conv kernel) still decays.
+NO_DECAY_NAMES = re.compile(
+    r"(?:^|\.)(?:pos_embed|positional_embedding|cls_token|reg_token|mask_token|cls_emb|logit_scale|logit_bias"
+    r"|(?:token_embedding|word_embeddings|position_embeddings|token_type_embeddings)\.weight)$")
 
 
 def no_decay_names(module: nn.Module) -> set[str]:
-    """Names in `module` exempt from weight decay: timm's `no_weight_decay()` plus embedding-like names."""
+    """Names in `module` exempt from weight decay: timm's `no_weight_decay()` plus `NO_DECAY_NAMES`."""
     names = set(module.no_weight_decay()) if hasattr(module, "no_weight_decay") else set()
-    names |= {n for n, _ in module.named_parameters() if any(m in n for m in NO_DECAY_MARKERS)}
+    names |= {n for n, _ in module.named_parameters() if NO_DECAY_NAMES.search(n)}
     return names
 
 

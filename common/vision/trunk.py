@@ -41,13 +41,15 @@ def patch_grid(model_name: str, img_size: int) -> tuple[int, int]:
 
 def create_eva_trunk(model_name: str, img_size: int, *, global_pool: str = "avg",
                      drop_path_rate: float = 0.0, patch_drop_rate: float = 0.0,
-                     attention: AttentionBackend = "sdpa") -> nn.Module:
-    """A randomly initialised timm Eva without classifier: `forward(images [B,3,S,S]) -> [B, width]`."""
+                     attention: AttentionBackend = "sdpa", num_classes: int = 0) -> nn.Module:
+    """A randomly initialised timm Eva: `forward(images [B,3,S,S]) -> [B, width]` without classifier
+    (`num_classes=0`), or `[B, num_classes]` through timm's head (a CLIP projection, open_clip's
+    `timm_proj: null`)."""
     check_vision_config(model_name, img_size)
     kwargs = {"drop_path_rate": drop_path_rate}
     if patch_drop_rate > 0:
         kwargs["patch_drop_rate"] = patch_drop_rate
-    trunk = timm.create_model(model_name, pretrained=False, img_size=img_size, num_classes=0,
+    trunk = timm.create_model(model_name, pretrained=False, img_size=img_size, num_classes=num_classes,
                               global_pool=global_pool, **kwargs)
     if not hasattr(trunk, "rope"):
         raise ConfigError(f"'{model_name}' is not a timm Eva model — use an eva02_* name (model.vision_model)")

@@ -35,10 +35,11 @@ def fit_trunk_state(state: dict[str, torch.Tensor], trunk: nn.Module, source: st
                     may_differ: Collection[str] = ()) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
     """Match `state` to `trunk`'s keys and shapes. Keys with a prefix in `may_differ` may be absent,
     extra or of another shape (they keep the trunk's fresh values). Returns the state to load and a
-    report {"loaded", "skipped", "new"}; raises `TrunkMismatchError` on anything else."""
+    report {"loaded", "resampled", "skipped", "new"} naming every key once (resampled: the position
+    embedding of another image size); raises `TrunkMismatchError` on anything else."""
     own = trunk.state_dict()
     allowed = lambda key: any(key.startswith(p) for p in may_differ)  # noqa: E731
-    fitted, report = {}, {"loaded": [], "skipped": [], "new": []}
+    fitted, report = {}, {"loaded": [], "resampled": [], "skipped": [], "new": []}
     for key, value in state.items():
         if key not in own:
             if not allowed(key):
@@ -46,7 +47,8 @@ def fit_trunk_state(state: dict[str, torch.Tensor], trunk: nn.Module, source: st
                                          "saved from another architecture; set model.vision_model to match it")
             report["skipped"].append(key)
             continue
-        if key == "pos_embed" and value.shape != own[key].shape and value.shape[-1] == own[key].shape[-1]:
+        resampled = key == "pos_embed" and value.shape != own[key].shape and value.shape[-1] == own[key].shape[-1]
+        if resampled:
             value = _resample_pos_embed(value, trunk)
         if value.shape != own[key].shape:
             if allowed(key):
@@ -56,7 +58,7 @@ def fit_trunk_state(state: dict[str, torch.Tensor], trunk: nn.Module, source: st
                                      f"trunk expects {tuple(own[key].shape)} — another model size; set "
                                      "model.vision_model to the one it was trained with")
         fitted[key] = value.to(own[key].dtype)
-        report["loaded"].append(key)
+        report["resampled" if resampled else "loaded"].append(key)
     missing = [k for k in own if k not in fitted]
     not_allowed = [k for k in missing if not allowed(k)]
     if not_allowed:
@@ -72,6 +74,12 @@ def load_trunk_state(trunk: nn.Module, state: dict[str, torch.Tensor], source: s
     fitted, report = fit_trunk_state(state, trunk, source, may_differ)
     result = trunk.load_state_dict(fitted, strict=False)
     assert not result.unexpected_keys and set(result.missing_keys) == set(report["new"]), result
-    log.info("loaded %d tensors from %s; skipped %s; newly initialised %s", len(report["loaded"]), source,
-             report["skipped"] or "none", report["new"] or "none")
+    log_load_report(source, report)
     return report
+
+
+def log_load_report(source: str, report: dict[str, list[str]]) -> None:
+    """One log line naming every key of a load report once: loaded, resampled, skipped, new."""
+    log.info("from %s: loaded %d %s; resampled %s; skipped %s; newly initialised %s", source,
+             len(report["loaded"]), report["loaded"], report["resampled"] or "none",
+             report["skipped"] or "none", report["new"] or "none")
