@@ -41,6 +41,7 @@ TRUNK_FILE = "student_trunk.safetensors"
 CLIP_WEIGHTS_FILE = "model.safetensors"
 CLIP_CONFIG_FILE = "open_clip_config.json"
 HF_TEXT_DIR = "hf_text"
+OPEN_CLIP_WEIGHTS_FILE = "open_clip_model.safetensors"  # an export folder's weights: what open_clip's loaders read
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 

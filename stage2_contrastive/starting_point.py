@@ -22,9 +22,8 @@ import torch
 from open_clip.model import resize_text_pos_embed
 from torch import nn
 
-from common.artifacts import CLIP_WEIGHTS_FILE, TRUNK_FILE, complete_checkpoints
+from common.artifacts import CLIP_WEIGHTS_FILE, OPEN_CLIP_WEIGHTS_FILE, TRUNK_FILE, complete_checkpoints
 from common.config.schema import ConfigError
-from common.export import OPEN_CLIP_WEIGHTS_FILE
 from common.vision.trunk_io import fit_trunk_state, load_trunk_state, log_load_report
 from stage2_contrastive.text_init import read_clip_checkpoint
 
