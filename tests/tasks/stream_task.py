@@ -25,11 +25,12 @@ class StreamConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         steps=4, batch_size=8, log_every=1, progress=False, tensorboard=False))
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=0.05, warmup_steps=1, weight_decay=0.01))
+    nan_at_calls: tuple[int, ...] = ()  # 1-based `training_loss` calls (micro-batches) whose loss is NaN
 
 
 class StreamTask:
     def __init__(self, cfg: StreamConfig, run: RunContext):
-        self.cfg, self.run = cfg, run
+        self.cfg, self.run, self.calls = cfg, run, 0
 
     def build_model(self) -> nn.Module:
         return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
@@ -49,7 +50,9 @@ class StreamTask:
             start += batch
 
     def training_loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict]:
-        return nn.functional.mse_loss(model(batch["x"]), batch["y"]), {}
+        self.calls += 1
+        loss = nn.functional.mse_loss(model(batch["x"]), batch["y"])
+        return (loss * float("nan") if self.calls in self.cfg.nan_at_calls else loss), {}
 
     def after_optimizer_step(self, model: nn.Module, step: int) -> None:
         pass
