@@ -10,6 +10,7 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from common.config.schema import ConfigError
 
 Precision = Literal["fp32", "bf16", "fp16"]
+CompileMode = Literal["none", "model", "blocks"]  # train.compile: common.train.compile
 TemplateSetName = Literal["openai", "simple", "short"]  # common.data.templates.TEMPLATE_SETS
 Interpolation = Literal["bicubic", "bilinear"]  # what open_clip's PreprocessCfg accepts
 ResizeMode = Literal["shortest", "longest", "squash"]
@@ -23,6 +24,7 @@ class TrainConfig:
     batch_size: int = field(default=64, metadata={"min": 1})
     grad_accum: int = field(default=1, metadata={"min": 1})
     precision: Precision = "fp32"
+    compile: CompileMode = "none"  # torch.compile: none | model (whole model) | blocks (each repeated block)
     seed: int = 0
     log_every: int = field(default=10, metadata={"min": 1})
     eval_every: int = field(default=0, metadata={"min": 0})  # 0: evaluate only at the end

@@ -16,6 +16,7 @@ class RunContext:
     grad_accum: int    # micro-batches per optimizer step (train.grad_accum)
     precision: str     # train.precision
     deepspeed: bool    # DeepSpeed wraps the model: its trained parameter set is fixed when it is wrapped
+    compile: str = "none"  # train.compile: the engine compiles the model; a task compiles what else it runs
 
     @property
     def is_main(self) -> bool:
