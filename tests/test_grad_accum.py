@@ -35,14 +35,20 @@ def test_accumulated_micro_batches_equal_one_big_batch(tmp_path):
         torch.testing.assert_close(accumulated_weights[key], value, rtol=1e-5, atol=1e-6)
 
 
+@pytest.fixture(scope="module")
+def big_batch_run_skipping_step_2(tmp_path_factory) -> tuple[list[dict], dict[str, torch.Tensor]]:
+    return run(tmp_path_factory.mktemp("big"), 1, ACCUM * MICRO_BATCH, "nan_at_calls=[2]")
+
+
 @pytest.mark.parametrize("nan_micro_batch", [1, 3, ACCUM])
-def test_a_skipped_step_discards_its_whole_accumulation_group(tmp_path, nan_micro_batch):
+def test_a_skipped_step_discards_its_whole_accumulation_group(tmp_path, big_batch_run_skipping_step_2,
+                                                              nan_micro_batch):
     """A NaN loss on micro-batch m (first, middle, last) of step 2 (of K = ACCUM) skips step 2 as a whole:
     the run equals the big-batch run with step 2 skipped (same records, weights), so no micro-batch leaks
     into step 3 and the stream and accelerate's accumulation counter stay in step."""
     nan_call = ACCUM + nan_micro_batch  # micro-batches 1..K are step 1
     accumulated, accumulated_weights = run(tmp_path, ACCUM, MICRO_BATCH, f"nan_at_calls=[{nan_call}]")
-    big, big_weights = run(tmp_path, 1, ACCUM * MICRO_BATCH, "nan_at_calls=[2]")
+    big, big_weights = big_batch_run_skipping_step_2
     assert [r["bad_steps"] for r in accumulated] == [r["bad_steps"] for r in big] == [0, 1, 1, 1]
     for name in ("loss", "grad_norm"):
         assert [r[name] for r in accumulated] == pytest.approx([r[name] for r in big], rel=1e-5, nan_ok=True)

@@ -25,6 +25,7 @@ class TrainConfig:
     grad_accum: int = field(default=1, metadata={"min": 1})
     precision: Precision = "fp32"
     compile: CompileMode = "none"  # torch.compile: none | model (whole model) | blocks (each repeated block)
+    compile_backend: str = "inductor"  # torch.compile's backend (aot_eager: no code generation, for debugging)
     seed: int = 0
     log_every: int = field(default=10, metadata={"min": 1})
     eval_every: int = field(default=0, metadata={"min": 0})  # 0: evaluate only at the end

@@ -74,7 +74,7 @@ def run_context(accelerator: Any, cfg: TrainConfig) -> RunContext:
     return RunContext(rank=accelerator.process_index, world_size=accelerator.num_processes,
                       device=accelerator.device, micro_batch=cfg.batch_size, grad_accum=cfg.grad_accum,
                       precision=cfg.precision, deepspeed=accelerator.distributed_type.name == "DEEPSPEED",
-                      compile=cfg.compile)
+                      compile=cfg.compile, compile_backend=cfg.compile_backend)
 
 
 def shutdown(accelerator: Any, model: Any) -> None:
@@ -88,3 +88,5 @@ a third to a half of CPU runs (`terminate called without an active exception`)."
     accelerator.end_training()
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+    from accelerate.state import AcceleratorState
+    AcceleratorState._reset_state(reset_partial_state=True)  # a process may train again, in another precision

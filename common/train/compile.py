@@ -34,9 +34,9 @@ def repeated_blocks(module: nn.Module) -> list[nn.Module]:
     return [block for child in module.children() for block in repeated_blocks(child)]
 
 
-def compile_in_place(module: nn.Module, mode: str, what: str = "model") -> int:
-    """Compile `module` in place under `mode` (see the module docstring); returns how many modules were
-    compiled (0 for `none`). `what` names the module in the log line."""
+def compile_in_place(module: nn.Module, mode: str, backend: str = "inductor", what: str = "model") -> int:
+    """Compile `module` in place under `mode` (see the module docstring) with torch.compile's `backend`;
+    returns how many modules were compiled (0 for `none`). `what` names the module in the log line."""
     if mode not in COMPILE_MODES:
         raise ValueError(f"unknown compile mode '{mode}' — use one of {', '.join(COMPILE_MODES)} "
                          "(config key: train.compile)")
@@ -47,6 +47,6 @@ def compile_in_place(module: nn.Module, mode: str, what: str = "model") -> int:
         raise ValueError(f"train.compile=blocks: the {what} ({type(module).__name__}) has no repeated blocks "
                          "(no nn.ModuleList of one block class) — use train.compile=model")
     for target in targets:
-        target.compile()
+        target.compile(backend=backend)
     log.info("train.compile=%s: %s compiled (%d module%s)", mode, what, len(targets), "s" * (len(targets) > 1))
     return len(targets)

@@ -107,7 +107,7 @@ class Trainer:
         model = self.task.build_model()
         optimizer = build_optimizer(self.task.param_groups(model), self.optim_cfg)
         self.scheduler = build_scheduler(optimizer, self.optim_cfg, self.cfg.steps)
-        compile_in_place(model, self.cfg.compile)  # in place: names, DDP and DeepSpeed see an eager module
+        self.compiled = compile_in_place(model, self.cfg.compile, self.cfg.compile_backend)  # in place: names, DDP and DeepSpeed see an eager module
         self.model, self.optimizer = acc.prepare(model, optimizer)
         acc.register_for_checkpointing(self.scheduler)  # stepped by us: once per optimizer step
         self.input_dtype = torch.bfloat16 if (self.is_deepspeed and self.cfg.precision == "bf16") else None
@@ -222,7 +222,7 @@ class Trainer:
                 "resumed_from": str(self.resume_from) if self.resume_from is not None else None,
                 "world_size": acc.num_processes, "distributed_type": acc.distributed_type.name,
                 "zero_stage": plugin.zero_stage if plugin is not None else None,
-                "precision": self.cfg.precision}
+                "precision": self.cfg.precision, "compile": self.cfg.compile, "compiled_modules": self.compiled}
 
     def _evaluate(self, final: bool = False) -> None:
         self.model.eval()
