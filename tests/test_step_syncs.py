@@ -2,14 +2,18 @@
 and the logit-scale clamp stay on the device and are read at `train.log_every`.
 
 On CPU: every Python-level read of a tensor's value (`.item()`, `.cpu()`, `.tolist()`, `bool()`, `int()`,
-`float()`) is counted per loop iteration of the real engine on the tiny stage-2 model (batches pre-built
-on the device, so the loader's own CPU work is not counted); it must be 0 except at log steps. On CUDA:
-the same steps under `torch.cuda.set_sync_debug_mode("error")`, which raises on any synchronising call."""
+`float()`) is counted per loop iteration of the real engine on the tiny stage-2 model and the tiny stage-1
+student + frozen teacher (batches pre-built on the device, so the loader's own CPU work is not counted); it
+must be 0 except at log steps. On CUDA: the same steps under `torch.cuda.set_sync_debug_mode("error")`,
+which raises on any synchronising call."""
 from __future__ import annotations
 
+import os
 from itertools import cycle
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -35,19 +39,55 @@ class ReadCounter:
         return counted
 
 
-def stage2_trainer(fmnist_shards, tmp_path, device: str, *overrides: str) -> Trainer:
-    """The engine on the tiny stage-2 model (real task, model, loss, clamp) fed pre-built device batches."""
-    from stage2_contrastive.task import ContrastiveTask
-    cfg = stage2_config("softmax", str(fmnist_shards), world_size=1)
-    cfg.train.output_dir, cfg.train.log_every, cfg.train.steps = str(tmp_path), LOG_EVERY, STEPS
+@pytest.fixture
+def shards(request) -> Path:
+    """train/ + test/ shards with classnames.txt: $EVACLIP_TEST_SHARDS (scripts/gpu_check.sh points it at
+    the set it builds, from Fashion-MNIST or synthetic images) or the session's Fashion-MNIST set."""
+    return Path(os.environ["EVACLIP_TEST_SHARDS"]) if "EVACLIP_TEST_SHARDS" in os.environ else \
+        request.getfixturevalue("fmnist_shards")
+
+
+def prebuilt_trainer(cfg: Any, make_task: Any, make_batch: Any, device: str, out: Path) -> Trainer:
+    """The engine on the real task `make_task(cfg, run)`, fed `make_batch(task)` on `device` for ever."""
+    cfg.train.output_dir, cfg.train.log_every, cfg.train.steps = str(out), LOG_EVERY, STEPS
     cfg.data.eval_shards = ""  # no evaluation: the steps alone
 
-    def make(run: Any) -> ContrastiveTask:
-        task = ContrastiveTask(cfg, run)
-        batch = {k: v.to(device) for k, v in global_batch(task).items()}
+    def make(run: Any) -> Any:
+        task = make_task(cfg, run)
+        batch = {k: v.to(device) for k, v in make_batch(task).items()}
         task.train_batches = lambda seed: cycle([batch])
         return task
     return Trainer(cfg, make)
+
+
+def stage2_trainer(shards: Path, device: str, out: Path) -> Trainer:
+    """The tiny stage-2 model: real task, model, contrastive loss, logit-scale clamp."""
+    from stage2_contrastive.task import ContrastiveTask
+    return prebuilt_trainer(stage2_config("softmax", str(shards), world_size=1), ContrastiveTask, global_batch,
+                            device, out)
+
+
+def stage1_trainer(shards: Path, device: str, out: Path) -> Trainer:
+    """The tiny stage-1 student against a frozen native-ViT teacher: real task, masking, cosine loss."""
+    from common.config.schema import load_config
+    from stage1_mim.config import Stage1Config
+    from stage1_mim.task import MimTask
+    from tests.test_stage1_train import stage1_args
+    from tests.test_teacher import save_native_vit_folder
+    save_native_vit_folder(out / "teacher")
+    args = stage1_args(shards, out, out / "teacher")
+    cfg = load_config(Stage1Config, args[1], args[2:])
+
+    def batch(task: MimTask) -> dict[str, torch.Tensor]:
+        masks = torch.stack([torch.from_numpy(task.masker(np.random.default_rng(i)).reshape(-1))
+                             for i in range(task.cfg.train.batch_size)])
+        size = task.cfg.data.image_size
+        return {"image": torch.randn(len(masks), 3, size, size, generator=torch.Generator().manual_seed(0)),
+                "mask": masks}
+    return prebuilt_trainer(cfg, MimTask, batch, device, out)
+
+
+TRAINERS = {"stage2": stage2_trainer, "stage1": stage1_trainer}
 
 
 def reads_per_step(trainer: Trainer, counter: ReadCounter) -> list[int]:
@@ -63,8 +103,9 @@ def reads_per_step(trainer: Trainer, counter: ReadCounter) -> list[int]:
     return [b - a for a, b in zip(marks, marks[1:])]
 
 
-def test_no_tensor_reads_between_log_steps_on_cpu(fmnist_shards, tmp_path, monkeypatch):
-    trainer = stage2_trainer(fmnist_shards, tmp_path, "cpu")
+@pytest.mark.parametrize("stage", list(TRAINERS))
+def test_no_tensor_reads_between_log_steps_on_cpu(shards, tmp_path, monkeypatch, stage):
+    trainer = TRAINERS[stage](shards, "cpu", tmp_path)
     try:
         reads = reads_per_step(trainer, ReadCounter(monkeypatch))
     finally:
@@ -76,8 +117,9 @@ def test_no_tensor_reads_between_log_steps_on_cpu(fmnist_shards, tmp_path, monke
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: torch.cuda.set_sync_debug_mode raises "
                     "on host-device syncs of CUDA tensors only (scripts/gpu_check.sh runs this test on a GPU)")
-def test_no_cuda_sync_between_log_steps(fmnist_shards, tmp_path):
-    trainer = stage2_trainer(fmnist_shards, tmp_path, "cuda")
+@pytest.mark.parametrize("stage", list(TRAINERS))
+def test_no_cuda_sync_between_log_steps(shards, tmp_path, stage):
+    trainer = TRAINERS[stage](shards, "cuda", tmp_path)
     batches = trainer._batches()
     try:
         trainer._train_step(batches)  # warm-up: lazy initialisation may sync once
