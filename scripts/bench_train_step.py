@@ -13,7 +13,9 @@ evaclip step compiled (`vs_open_clip`: against open_clip's eager step; `vs_open_
 open_clip's step with its model compiled the same way; `compiled_vs_eager`: against evaclip's eager step),
 each compiled candidate's warm-up (seconds of its first 2 calls), `loss_diff_after_3_steps` (compiled vs
 eager engine, same initial weights and batches) and the stage-1 step compiled (student and teacher)
-vs eager (`stage1_compiled_vs_eager`).
+vs eager (`stage1_compiled_vs_eager`). `evaclip_copy_share` (and `evaclip_compiled_copy_share`): the share
+of a profiled step's time (GPU time on a GPU) in `aten::copy_`/`aten::_to_copy`, where autocast's
+per-forward weight casts show up.
 """
 from __future__ import annotations
 
@@ -247,14 +249,26 @@ def stage1_figures(s1: dict[str, float], batch: int) -> dict[str, Any]:
     return out
 
 
-def print_profile(step: Callable[[], Any], rows: int) -> None:
-    """Where a step's time goes: the top ops by self CPU time over 2 steps, to stderr."""
+COPY_OPS = ("aten::copy_", "aten::_to_copy")  # dtype casts (autocast's weight casts among them) and copies
+
+
+def profile_step(step: Callable[[], Any], rows: int = 0) -> float:
+    """Profile 2 calls of `step`: the share of self time (CUDA time on a GPU) spent in COPY_OPS, and, if
+    `rows`, the top `rows` ops by that time printed to stderr."""
     import sys
-    from torch.profiler import profile
-    with profile() as prof:
+    from torch.profiler import ProfilerActivity, profile
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
         step()
         step()
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows), file=sys.stderr)
+        sync()
+    events = prof.key_averages()
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    total = sum(getattr(e, key) for e in events)
+    if rows:
+        print(events.table(sort_by=key, row_limit=rows), file=sys.stderr)
+    return round(sum(getattr(e, key) for e in events if e.key in COPY_OPS) / max(total, 1e-9), 3)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -271,6 +285,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="also time the steps compiled this way (train.compile), beside the eager ones")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="also print (stderr) the N most expensive ops of 2 evaclip steps (torch.profiler)")
+    # evaclip_copy_share (always): the share of 2 profiled steps' time in dtype casts and copies
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -286,15 +301,16 @@ def main(argv: list[str] | None = None) -> None:
         theirs_fn, flops = open_clip_step(cfg, prebuilt, device)
         ours_fn = evaclip_step(cfg, prebuilt)
         fns = {"evaclip": ours_fn, "open_clip": theirs_fn, "gemm": gemm_fn}
-        compiled: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
         if args.compile != "none":
             fns["evaclip_compiled"] = evaclip_step(cfg, prebuilt, args.compile)
-            compiled = compiled_checks(fns["evaclip_compiled"], ours_fn)
+            extra = compiled_checks(fns["evaclip_compiled"], ours_fn)
             fns["open_clip_compiled"] = open_clip_step(cfg, prebuilt, device, args.compile)[0]
-            compiled["open_clip_warmup_s"] = round(warm_up(fns["open_clip_compiled"]), 1)
+            extra["open_clip_warmup_s"] = round(warm_up(fns["open_clip_compiled"]), 1)
         timing = interleaved(fns, args.steps)
-        if args.profile:
-            print_profile(fns.get("evaclip_compiled", ours_fn), args.profile)
+        extra["evaclip_copy_share"] = profile_step(ours_fn, args.profile)
+        if "evaclip_compiled" in fns:
+            extra["evaclip_compiled_copy_share"] = profile_step(fns["evaclip_compiled"], args.profile)
         s1 = stage1_times(cfg, max(3, args.steps // 2), device, args.compile)
     result = {
         "bench": "train_step", "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -303,7 +319,7 @@ def main(argv: list[str] | None = None) -> None:
                  f"{cfg.model.text.layers}x{cfg.model.text.width}",
         "batch": args.batch, "loss": args.loss,
         **step_figures(timing, args.batch, flops, gemm_flops),
-        **compiled,
+        **extra,
         **stage1_figures(s1, args.batch),
         "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
     }

@@ -41,9 +41,13 @@ def stage2_run(out: Path, fmnist_shards: Path, *extra: str, resume: str = "") ->
 @pytest.fixture(scope="module")
 def stage2_runs(fmnist_shards, tmp_path_factory) -> dict[str, Path]:
     """The same 3-step stage-2 run, eager and compiled (`blocks`)."""
+    from torch._dynamo.utils import counters
     tmp = tmp_path_factory.mktemp("compile_stage2")
-    return {"eager": stage2_run(tmp / "eager", fmnist_shards),
-            "compiled": stage2_run(tmp / "compiled", fmnist_shards, *COMPILED)}
+    runs = {"eager": stage2_run(tmp / "eager", fmnist_shards)}
+    graphs = counters["stats"]["unique_graphs"]
+    runs["compiled"] = stage2_run(tmp / "compiled", fmnist_shards, *COMPILED)
+    assert counters["stats"]["unique_graphs"] > graphs, "the compiled run compiled no graph"
+    return runs
 
 
 def test_compiled_stage2_really_compiles_and_equals_eager(stage2_runs):

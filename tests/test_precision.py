@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -33,10 +34,12 @@ def test_bf16_with_grad_accum_trains_in_bf16(tmp_path):
     assert {w.dtype for w in weights.values()} == {torch.float32}  # fp32 master weights
 
 
-def test_fp16_overflow_step_is_skipped_the_scale_halves_and_training_goes_on(tmp_path):
-    # micro-batch 3 = step 2 of K = 2: its loss is finite, its scaled fp16 gradients overflow
+@pytest.mark.parametrize("bad", ["huge_at_calls", "nan_at_calls"])
+def test_fp16_overflow_step_is_skipped_the_scale_halves_and_training_goes_on(tmp_path, bad):
+    # micro-batch 3 = step 2 of K = 2: huge: its loss is finite, its scaled fp16 gradients overflow;
+    # nan: its loss is NaN, its gradients finite (the engine poisons them so that the scaler skips the step)
     records, task = run(tmp_path, "train.precision=fp16", "train.grad_accum=2", "train.steps=4",
-                        "huge_at_calls=[3]", "train.max_bad_steps=2")
+                        f"{bad}=[3]", "train.max_bad_steps=2")
     assert task.hidden_dtypes == {torch.float16}
     assert [r["bad_steps"] for r in records] == [0, 1, 1, 1]
     assert [math.isfinite(r["loss"]) for r in records] == [True, False, True, True]  # step 2: nothing applied

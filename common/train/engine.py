@@ -3,8 +3,9 @@
 A stage hands `train()` its config and a task factory: given the run's `RunContext` (rank, world size,
 device, batch geometry) it makes a `Task`, which builds the model and its param groups, makes the data
 stream, computes the loss of a batch and evaluates. The engine owns everything else: devices,
-precision, gradient accumulation and clipping, optimizer and schedule, the NaN guard, logging, progress
-bar, periodic eval, atomic checkpoints and exact resume. No model is built before the run's seed is set.
+precision, compilation, gradient accumulation and clipping, optimizer and schedule, the non-finite guard
+(on the device, read at log steps: step_guard.py), logging, progress bar, periodic eval, atomic
+checkpoints and exact resume. No model is built before the run's seed is set.
 
 Exact resume: the data stream is rebuilt at every checkpoint step from a seed derived from
 (train.seed, step), and accelerate's state holds model, optimizer, scheduler, scaler and RNG; so a run
@@ -107,12 +108,13 @@ class Trainer:
         model = self.task.build_model()
         optimizer = build_optimizer(self.task.param_groups(model), self.optim_cfg)
         self.scheduler = build_scheduler(optimizer, self.optim_cfg, self.cfg.steps)
-        self.compiled = compile_in_place(model, self.cfg.compile, self.cfg.compile_backend)  # in place: names, DDP and DeepSpeed see an eager module
+        # in place: state-dict names stay, DDP and DeepSpeed wrap what looks like an eager module
+        self.compiled = compile_in_place(model, self.cfg.compile, self.cfg.compile_backend)
         self.model, self.optimizer = acc.prepare(model, optimizer)
         acc.register_for_checkpointing(self.scheduler)  # stepped by us: once per optimizer step
         self.input_dtype = torch.bfloat16 if (self.is_deepspeed and self.cfg.precision == "bf16") else None
         self.step = 0
-        self.window = StepWindow(self.cfg.max_bad_steps, self.run_dir)  # skipped steps and samples, settled lazily
+        self.window = StepWindow(self.cfg.max_bad_steps, self.run_dir)  # step outcomes, read at log/save
         torch.manual_seed(self.cfg.seed + self.run.rank)  # per-rank dropout / drop-path
         if self.resume_from is not None:
             self._load(self.resume_from)
@@ -128,7 +130,8 @@ class Trainer:
                               "it is damaged or was written for another model; resume from an earlier "
                               "checkpoint or train into a new train.output_dir") from err
         state = EngineState.read(path)
-        self.step, self.window.bad_total, self.window.skipped_samples = state.step, state.bad_steps, state.skipped_samples
+        self.step = state.step
+        self.window.bad_total, self.window.skipped_samples = state.bad_steps, state.skipped_samples
         if self.is_main:  # drop records the crashed run logged after this checkpoint
             MetricsFile(self.run_dir).truncate_after(self.step)
         log.info("resumed from %s at step %d", path, self.step)
@@ -154,7 +157,8 @@ class Trainer:
     def _train_step(self, batches: Iterator[dict]) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """Forward/backward over `grad_accum` micro-batches and one optimizer step, with no host-device
         sync (`common.train.step_guard`). Returns, on the device: the mean loss, the step's status
-        (OK, or why the whole group was skipped) and the extras to log (the last micro-batch's + grad_norm)."""
+        (OK, or why the whole group was skipped) and the extras to log (the last micro-batch's +
+        grad_norm)."""
         acc, losses, finite = self.accelerator, [], []
         self.model.train()
         for _ in range(self.cfg.grad_accum):
@@ -180,8 +184,9 @@ class Trainer:
     def _optimizer_step(self, losses_finite: torch.Tensor) -> tuple[torch.Tensor, Any]:
         """Clip, step (a no-op when the gradients are non-finite), zero the gradients: (status, grad norm)."""
         if self.is_deepspeed:  # DeepSpeed clipped and stepped inside `backward`, or discarded the update
-            applied = torch.tensor(0.0 if self.model.was_step_applied() else math.nan, device=self.run.device)
-            return step_status(losses_finite, applied), self.model.get_global_grad_norm()
+            applied = self.model.was_step_applied()  # a host flag: DeepSpeed's step read its overflow check
+            skipped = None if applied else torch.full((), math.nan, device=losses_finite.device)
+            return step_status(losses_finite, skipped), self.model.get_global_grad_norm()
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
         grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
         status = step_status(losses_finite, grad_norm)

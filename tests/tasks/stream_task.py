@@ -25,7 +25,9 @@ class StreamConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         steps=4, batch_size=8, log_every=1, progress=False, tensorboard=False))
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=0.05, warmup_steps=1, weight_decay=0.01))
-    nan_at_calls: tuple[int, ...] = ()  # 1-based `training_loss` calls (micro-batches) whose loss is NaN
+    # 1-based `training_loss` calls (micro-batches) whose loss is NaN while its gradients stay finite (a NaN
+    # constant is added): only the engine's guard keeps such a micro-batch out of the update
+    nan_at_calls: tuple[int, ...] = ()
     huge_at_calls: tuple[int, ...] = ()  # calls whose loss is × 1e6: finite, but fp16's scaled gradients overflow
 
 
@@ -58,7 +60,7 @@ class StreamTask:
         loss = nn.functional.mse_loss(model(batch["x"]).float(), batch["y"])
         if self.calls in self.cfg.huge_at_calls:
             loss = loss * 1e6
-        return (loss * float("nan") if self.calls in self.cfg.nan_at_calls else loss), {}
+        return (loss + float("nan") if self.calls in self.cfg.nan_at_calls else loss), {}
 
     def after_optimizer_step(self, model: nn.Module, step: int) -> None:
         pass
