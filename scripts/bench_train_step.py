@@ -11,7 +11,7 @@ both steps run under bf16 autocast and the peak is a bf16 GEMM's.
 `--compile MODE` (train.compile, common/train/compile.py) adds, in the same interleaved rounds: the
 evaclip step compiled (`vs_open_clip`: against open_clip's eager step; `vs_open_clip_compiled`: against
 open_clip's step with its model compiled the same way; `compiled_vs_eager`: against evaclip's eager step),
-each compiled candidate's warm-up (seconds of its first 2 calls), `loss_diff_after_3_steps` (compiled vs
+each compiled candidate's warm-up (seconds of its first 3 calls), `loss_diff_after_3_steps` (compiled vs
 eager engine, same initial weights and batches) and the stage-1 step compiled (student and teacher)
 vs eager (`stage1_compiled_vs_eager`). `evaclip_copy_share` (and `evaclip_compiled_copy_share`): the share
 of a profiled step's time (GPU time on a GPU) in `aten::copy_`/`aten::_to_copy`, where autocast's
@@ -41,9 +41,14 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def interleaved(fns: dict[str, Callable[[], Any]], steps: int, warmup: int = 3) -> dict[str, float]:
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}  # --clock
+
+
+def interleaved(fns: dict[str, Callable[[], Any]], steps: int, clock: Callable[[], float] = time.perf_counter,
+                warmup: int = 3) -> dict[str, float]:
     """Median seconds per call of each function, measured in alternating rounds so that allocator
-    warm-up, caches and background load hit every candidate alike."""
+    warm-up, caches and background load hit every candidate alike. Seconds of `clock`: wall time, or
+    (--clock cpu) this process's CPU time, which other processes on a shared machine barely change."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -51,10 +56,10 @@ def interleaved(fns: dict[str, Callable[[], Any]], steps: int, warmup: int = 3) 
     for _ in range(steps):
         for name, fn in fns.items():
             sync()
-            start = time.perf_counter()
+            start = clock()
             fn()
             sync()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
 
 
@@ -106,7 +111,7 @@ def evaclip_step(cfg: Stage2Config, prebuilt: list[dict], compile_mode: str = "n
     return lambda: trainer._train_step(stream)[0]
 
 
-def warm_up(step: Callable[[], Any], calls: int = 2) -> float:
+def warm_up(step: Callable[[], Any], calls: int = 3) -> float:
     """Seconds of the first `calls` calls of `step` (a compiled step compiles, and may recompile once)."""
     sync()
     start = time.perf_counter()
@@ -196,7 +201,8 @@ def stage1_step(cfg: Stage2Config, device: torch.device, compile_mode: str = "no
             "teacher": teacher_forward}
 
 
-def stage1_times(cfg: Stage2Config, steps: int, device: torch.device, compile_mode: str) -> dict[str, float]:
+def stage1_times(cfg: Stage2Config, steps: int, device: torch.device, compile_mode: str,
+                 clock: Callable[[], float]) -> dict[str, float]:
     """Seconds per stage-1 step with a frozen teacher, per student fwd+bwd alone and per teacher forward
     alone (eager); with `compile_mode`, also the compiled stage-1 step and its warm-up."""
     eager = stage1_step(cfg, device)
@@ -205,16 +211,21 @@ def stage1_times(cfg: Stage2Config, steps: int, device: torch.device, compile_mo
     if compile_mode != "none":
         fns["stage1_compiled_step_s"] = stage1_step(cfg, device, compile_mode)["stage1"]
         warm["stage1_warmup_s"] = warm_up(fns["stage1_compiled_step_s"])
-    return {**interleaved(fns, steps), **warm}
+    return {**interleaved(fns, steps, clock), **warm}
 
 
 def compiled_checks(compiled: Callable[[], torch.Tensor], eager: Callable[[], torch.Tensor]) -> dict[str, Any]:
-    """Warm-up of the compiled engine step (its first 2 calls) and |loss compiled − loss eager| at step 3:
-    both engines start from the same seed and batches, and neither has stepped yet."""
-    start = time.perf_counter()
-    losses = [(compiled(), eager()) for _ in range(3)]
-    sync()
-    warm = time.perf_counter() - start
+    """Warm-up of the compiled engine step (seconds of its first 3 calls, where it compiles) and
+    |loss compiled − loss eager| at step 3: both engines start from the same seed and batches, and neither
+    has stepped yet."""
+    warm, losses = 0.0, []
+    for _ in range(3):
+        sync()
+        start = time.perf_counter()
+        loss = compiled()
+        sync()
+        warm += time.perf_counter() - start
+        losses.append((loss, eager()))
     return {"evaclip_warmup_s": round(warm, 1),
             "loss_diff_after_3_steps": float((losses[-1][0] - losses[-1][1]).abs())}
 
@@ -281,6 +292,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--loss", default="softmax")
     parser.add_argument("--device", default="cpu", help="cpu | cuda")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--clock", default="wall", choices=list(CLOCKS),
+                        help="cpu: time the interleaved rounds in process CPU seconds (a loaded CPU machine)")
     parser.add_argument("--compile", default="none", choices=COMPILE_MODES,
                         help="also time the steps compiled this way (train.compile), beside the eager ones")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
@@ -307,14 +320,15 @@ def main(argv: list[str] | None = None) -> None:
             extra = compiled_checks(fns["evaclip_compiled"], ours_fn)
             fns["open_clip_compiled"] = open_clip_step(cfg, prebuilt, device, args.compile)[0]
             extra["open_clip_warmup_s"] = round(warm_up(fns["open_clip_compiled"]), 1)
-        timing = interleaved(fns, args.steps)
+        timing = interleaved(fns, args.steps, CLOCKS[args.clock])
         extra["evaclip_copy_share"] = profile_step(ours_fn, args.profile)
         if "evaclip_compiled" in fns:
             extra["evaclip_compiled_copy_share"] = profile_step(fns["evaclip_compiled"], args.profile)
-        s1 = stage1_times(cfg, max(3, args.steps // 2), device, args.compile)
+        s1 = stage1_times(cfg, max(3, args.steps // 2), device, args.compile, CLOCKS[args.clock])
     result = {
         "bench": "train_step", "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(), "precision": args.precision, "compile": args.compile,
+        "clock": args.clock,
         "model": f"{cfg.model.vision_model}@{cfg.data.image_size}px + text "
                  f"{cfg.model.text.layers}x{cfg.model.text.width}",
         "batch": args.batch, "loss": args.loss,

@@ -20,6 +20,7 @@ from typing import get_args
 
 from torch import nn
 
+from common.config.schema import ConfigError
 from common.config.sections import CompileMode
 
 COMPILE_MODES: tuple[str, ...] = get_args(CompileMode)
@@ -44,7 +45,7 @@ def compile_in_place(module: nn.Module, mode: str, backend: str = "inductor", wh
         return 0
     targets = [module] if mode == "model" else repeated_blocks(module)
     if not targets:
-        raise ValueError(f"train.compile=blocks: the {what} ({type(module).__name__}) has no repeated blocks "
+        raise ConfigError(f"train.compile=blocks: the {what} ({type(module).__name__}) has no repeated blocks "
                          "(no nn.ModuleList of one block class) — use train.compile=model")
     for target in targets:
         target.compile(backend=backend)
