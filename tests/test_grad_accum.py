@@ -40,7 +40,8 @@ def big_batch_run_skipping_step_2(tmp_path_factory) -> tuple[list[dict], dict[st
     return run(tmp_path_factory.mktemp("big"), 1, ACCUM * MICRO_BATCH, "nan_at_calls=[2]")
 
 
-@pytest.mark.parametrize("nan_micro_batch", [1, 3, ACCUM])
+@pytest.mark.parametrize("nan_micro_batch", [pytest.param(1, marks=pytest.mark.slow), 3,
+                                             pytest.param(ACCUM, marks=pytest.mark.slow)])
 def test_a_skipped_step_discards_its_whole_accumulation_group(tmp_path, big_batch_run_skipping_step_2,
                                                               nan_micro_batch):
     """A NaN loss on micro-batch m (first, middle, last) of step 2 (of K = ACCUM) skips step 2 as a whole:

@@ -20,6 +20,7 @@ import torch
 from common.train.engine import Trainer
 from tests.tasks.stage2_step import global_batch, stage2_config
 
+pytestmark = pytest.mark.slow  # two tiny engines built and run 7 steps each
 READS = ("item", "cpu", "tolist", "__bool__", "__int__", "__float__")
 LOG_EVERY, STEPS = 3, 7
 
