@@ -2,10 +2,20 @@
 step on the identical model, achieved FLOP/s vs the machine's measured GEMM peak, and the stage-1 step
 (student + frozen teacher) vs its parts. Prints one JSON line.
 
-`python scripts/bench_train_step.py [--batch 128] [--image-size 56] [--steps 6] [--threads 2]`
+`python scripts/bench_train_step.py [--batch 128] [--image-size 56] [--steps 6] [--threads 2]
+[--compile none|model|blocks]`
 Loader excluded: batches are pre-built tensors on the device. Defaults: fp32 on CPU; on a GPU
 (`--device cuda --precision bf16 --config configs/stage2/gpu_base.yaml`, as scripts/gpu_check.sh runs it)
 both steps run under bf16 autocast and the peak is a bf16 GEMM's.
+
+`--compile MODE` (train.compile, common/train/compile.py) adds, in the same interleaved rounds: the
+evaclip step compiled (`vs_open_clip`: against open_clip's eager step; `vs_open_clip_compiled`: against
+open_clip's step with its model compiled the same way; `compiled_vs_eager`: against evaclip's eager step),
+each compiled candidate's warm-up (seconds of its first 3 calls), `loss_diff_after_3_steps` (compiled vs
+eager engine, same initial weights and batches) and the stage-1 step compiled (student and teacher)
+vs eager (`stage1_compiled_vs_eager`). `evaclip_copy_share` (and `evaclip_compiled_copy_share`): the share
+of a profiled step's time (GPU time on a GPU) in `aten::copy_`/`aten::_to_copy`, where autocast's
+per-forward weight casts show up.
 """
 from __future__ import annotations
 
@@ -21,6 +31,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from common.config.schema import load_config
+from common.train.compile import COMPILE_MODES, compile_in_place
 from stage2_contrastive.config import Stage2Config
 
 
@@ -30,9 +41,14 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def interleaved(fns: dict[str, Callable[[], Any]], steps: int, warmup: int = 3) -> dict[str, float]:
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}  # --clock
+
+
+def interleaved(fns: dict[str, Callable[[], Any]], steps: int, clock: Callable[[], float] = time.perf_counter,
+                warmup: int = 3) -> dict[str, float]:
     """Median seconds per call of each function, measured in alternating rounds so that allocator
-    warm-up, caches and background load hit every candidate alike."""
+    warm-up, caches and background load hit every candidate alike. Seconds of `clock`: wall time, or
+    (--clock cpu) this process's CPU time, which other processes on a shared machine barely change."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -40,10 +56,10 @@ def interleaved(fns: dict[str, Callable[[], Any]], steps: int, warmup: int = 3) 
     for _ in range(steps):
         for name, fn in fns.items():
             sync()
-            start = time.perf_counter()
+            start = clock()
             fn()
             sync()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
 
 
@@ -83,18 +99,32 @@ def prebuilt_stage2_task(cfg: Stage2Config, prebuilt: list[dict]) -> Callable[[A
     return make
 
 
-def evaclip_step(cfg: Stage2Config, prebuilt: list[dict]) -> Callable[[], Any]:
-    """One optimizer step of the real engine (accumulate, NaN guard, clipping, schedule, clamp)."""
+def evaclip_step(cfg: Stage2Config, prebuilt: list[dict], compile_mode: str = "none") -> Callable[[], torch.Tensor]:
+    """One optimizer step of the real engine (accumulate, NaN guard, clipping, schedule, clamp) under
+    `train.compile=compile_mode`; returns the step's mean loss (a device tensor)."""
+    from dataclasses import replace
+
     from common.train.engine import Trainer
+    cfg = replace(cfg, train=replace(cfg.train, compile=compile_mode))
     trainer = Trainer(cfg, prebuilt_stage2_task(cfg, prebuilt))
     stream = trainer._batches()
-    return lambda: trainer._train_step(stream)
+    return lambda: trainer._train_step(stream)[0]
 
 
-def open_clip_step(cfg: Stage2Config, prebuilt: list[dict],
-                   device: torch.device) -> tuple[Callable[[], None], float]:
+def warm_up(step: Callable[[], Any], calls: int = 3) -> float:
+    """Seconds of the first `calls` calls of `step` (a compiled step compiles, and may recompile once)."""
+    sync()
+    start = time.perf_counter()
+    for _ in range(calls):
+        step()
+    sync()
+    return time.perf_counter() - start
+
+
+def open_clip_step(cfg: Stage2Config, prebuilt: list[dict], device: torch.device,
+                   compile_mode: str = "none") -> tuple[Callable[[], None], float]:
     """open_clip's training step (its model forward, ClipLoss/SigLipLoss, torch AdamW, logit clamp),
-    and the FLOPs of one forward+backward."""
+    with its model compiled in place under `compile_mode`, and the FLOPs of one forward+backward."""
     import math
 
     from open_clip.loss import ClipLoss, SigLipLoss
@@ -106,6 +136,8 @@ def open_clip_step(cfg: Stage2Config, prebuilt: list[dict],
     loss_fn = ClipLoss() if cfg.loss == "softmax" else SigLipLoss()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     data = cycle(prebuilt)
+    flops = stage2_flops(model, loss_fn, prebuilt[0], device, cfg.train.precision)
+    compile_in_place(model, compile_mode, what="open_clip model")
 
     def step() -> None:
         batch = next(data)
@@ -117,16 +149,21 @@ def open_clip_step(cfg: Stage2Config, prebuilt: list[dict],
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
 
+    return step, flops
+
+
+def stage2_flops(model: torch.nn.Module, loss_fn: Any, batch: dict, device: torch.device, precision: str) -> float:
+    """FLOPs of one eager forward+backward of `model` on `batch` (torch.utils.flop_counter)."""
     counter = FlopCounterMode(display=False)
-    with counter, autocast(device, cfg.train.precision):
-        batch = prebuilt[0]
+    with counter, autocast(device, precision):
         loss_fn(**model(batch["image"], batch["text"])).backward()
-    optimizer.zero_grad(set_to_none=True)
-    return step, float(counter.get_total_flops())
+    model.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
 
 
-def stage1_times(cfg: Stage2Config, steps: int, device: torch.device) -> dict[str, float]:
-    """Stage-1 step with a frozen teacher vs student fwd+bwd alone and teacher fwd alone (seconds)."""
+def stage1_step(cfg: Stage2Config, device: torch.device, compile_mode: str = "none") -> dict[str, Callable[[], None]]:
+    """The stage-1 step with a frozen teacher (`stage1`), the student's fwd+bwd alone (`student`) and the
+    teacher's forward alone (`teacher`), student and teacher compiled in place under `compile_mode`."""
     from common.vision.trunk import create_eva_trunk, patch_grid
     from stage1_mim.loss import masked_cosine_loss
     from stage1_mim.model import MaskedEvaStudent
@@ -140,6 +177,8 @@ def stage1_times(cfg: Stage2Config, steps: int, device: torch.device) -> dict[st
     teacher = FrozenTeacher(teacher_clip, build_tokenizer(cfg.model),
                             (grid, grid), ((0.5,) * 3, (0.5,) * 3)).to(device)
     student = MaskedEvaStudent(trunk, teacher.embed_dim).to(device)
+    compile_in_place(student, compile_mode, what="stage-1 student")
+    teacher.compile_image_path(compile_mode)
     optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-4)
     images = torch.randn(bsz, 3, size, size, device=device)
     mask = torch.rand(bsz, grid * grid, device=device) < 0.4
@@ -158,19 +197,89 @@ def stage1_times(cfg: Stage2Config, steps: int, device: torch.device) -> dict[st
         with autocast(device, cfg.train.precision):
             teacher.patch_targets(images)
 
-    return interleaved({"stage1_step_s": lambda: student_step(True),
-                        "student_step_s": lambda: student_step(False),
-                        "teacher_fwd_s": teacher_forward}, steps)
+    return {"stage1": lambda: student_step(True), "student": lambda: student_step(False),
+            "teacher": teacher_forward}
 
 
-def print_profile(step: Callable[[], Any], rows: int) -> None:
-    """Where a step's time goes: the top ops by self CPU time over 2 steps, to stderr."""
+def stage1_times(cfg: Stage2Config, steps: int, device: torch.device, compile_mode: str,
+                 clock: Callable[[], float]) -> dict[str, float]:
+    """Seconds per stage-1 step with a frozen teacher, per student fwd+bwd alone and per teacher forward
+    alone (eager); with `compile_mode`, also the compiled stage-1 step and its warm-up."""
+    eager = stage1_step(cfg, device)
+    fns = {"stage1_step_s": eager["stage1"], "student_step_s": eager["student"], "teacher_fwd_s": eager["teacher"]}
+    warm = {}
+    if compile_mode != "none":
+        fns["stage1_compiled_step_s"] = stage1_step(cfg, device, compile_mode)["stage1"]
+        warm["stage1_warmup_s"] = warm_up(fns["stage1_compiled_step_s"])
+    return {**interleaved(fns, steps, clock), **warm}
+
+
+def compiled_checks(compiled: Callable[[], torch.Tensor], eager: Callable[[], torch.Tensor]) -> dict[str, Any]:
+    """Warm-up of the compiled engine step (seconds of its first 3 calls, where it compiles) and
+    |loss compiled − loss eager| at step 3: both engines start from the same seed and batches, and neither
+    has stepped yet."""
+    warm, losses = 0.0, []
+    for _ in range(3):
+        sync()
+        start = time.perf_counter()
+        loss = compiled()
+        sync()
+        warm += time.perf_counter() - start
+        losses.append((loss, eager()))
+    return {"evaclip_warmup_s": round(warm, 1),
+            "loss_diff_after_3_steps": float((losses[-1][0] - losses[-1][1]).abs())}
+
+
+def step_figures(timing: dict[str, float], batch: int, flops: float, gemm_flops: float) -> dict[str, Any]:
+    """images/s of each candidate, the ratios between them and the FLOP utilisation (MFU) of evaclip's
+    step (its compiled step when there is one) against the GEMM peak of the same rounds."""
+    ours, theirs, peak = timing["evaclip"], timing["open_clip"], gemm_flops / timing["gemm"]
+    out: dict[str, Any] = {"evaclip_images_per_s": round(batch / ours, 1),
+                           "open_clip_images_per_s": round(batch / theirs, 1),
+                           "vs_open_clip": round(theirs / ours, 3)}
+    if "evaclip_compiled" in timing:
+        best = timing["evaclip_compiled"]
+        out.update({"evaclip_compiled_images_per_s": round(batch / best, 1),
+                    "open_clip_compiled_images_per_s": round(batch / timing["open_clip_compiled"], 1),
+                    "vs_open_clip_eager": round(theirs / best, 3),
+                    "vs_open_clip_compiled": round(timing["open_clip_compiled"] / best, 3),
+                    "compiled_vs_eager": round(ours / best, 3),
+                    "eager_flop_utilization": round(flops / ours / peak, 3)})
+        ours = best
+    out.update({"step_flops": flops, "achieved_flop_per_s": round(flops / ours), "gemm_peak_flop_per_s": round(peak),
+                "flop_utilization": round(flops / ours / peak, 3)})
+    return out
+
+
+def stage1_figures(s1: dict[str, float], batch: int) -> dict[str, Any]:
+    out = {"stage1_images_per_s": round(batch / s1["stage1_step_s"], 1),
+           "stage1_vs_parts": round(s1["stage1_step_s"] / (s1["student_step_s"] + s1["teacher_fwd_s"]), 3),
+           **{k: round(v, 4) for k, v in s1.items()}}
+    if "stage1_compiled_step_s" in s1:
+        out["stage1_compiled_vs_eager"] = round(s1["stage1_step_s"] / s1["stage1_compiled_step_s"], 3)
+    return out
+
+
+COPY_OPS = ("aten::copy_", "aten::_to_copy")  # dtype casts (autocast's weight casts among them) and copies
+
+
+def profile_step(step: Callable[[], Any], rows: int = 0) -> float:
+    """Profile 2 calls of `step`: the share of self time (CUDA time on a GPU) spent in COPY_OPS, and, if
+    `rows`, the top `rows` ops by that time printed to stderr."""
     import sys
-    from torch.profiler import profile
-    with profile() as prof:
+    from torch.profiler import ProfilerActivity, profile
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
         step()
         step()
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows), file=sys.stderr)
+        sync()
+    events = prof.key_averages()
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    total = sum(getattr(e, key) for e in events)
+    if rows:
+        print(events.table(sort_by=key, row_limit=rows), file=sys.stderr)
+    return round(sum(getattr(e, key) for e in events if e.key in COPY_OPS) / max(total, 1e-9), 3)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -183,8 +292,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--loss", default="softmax")
     parser.add_argument("--device", default="cpu", help="cpu | cuda")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--clock", default="wall", choices=list(CLOCKS),
+                        help="cpu: time the interleaved rounds in process CPU seconds (a loaded CPU machine)")
+    parser.add_argument("--compile", default="none", choices=COMPILE_MODES,
+                        help="also time the steps compiled this way (train.compile), beside the eager ones")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="also print (stderr) the N most expensive ops of 2 evaclip steps (torch.profiler)")
+    # evaclip_copy_share (always): the share of 2 profiled steps' time in dtype casts and copies
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -199,24 +313,28 @@ def main(argv: list[str] | None = None) -> None:
         gemm_fn, gemm_flops = gemm_probe(device, torch.bfloat16 if args.precision == "bf16" else torch.float32)
         theirs_fn, flops = open_clip_step(cfg, prebuilt, device)
         ours_fn = evaclip_step(cfg, prebuilt)
-        timing = interleaved({"evaclip": ours_fn, "open_clip": theirs_fn, "gemm": gemm_fn}, args.steps)
-        ours, theirs, peak = timing["evaclip"], timing["open_clip"], gemm_flops / timing["gemm"]
-        if args.profile:
-            print_profile(ours_fn, args.profile)
-        s1 = stage1_times(cfg, max(3, args.steps // 2), device)
+        fns = {"evaclip": ours_fn, "open_clip": theirs_fn, "gemm": gemm_fn}
+        extra: dict[str, Any] = {}
+        if args.compile != "none":
+            fns["evaclip_compiled"] = evaclip_step(cfg, prebuilt, args.compile)
+            extra = compiled_checks(fns["evaclip_compiled"], ours_fn)
+            fns["open_clip_compiled"] = open_clip_step(cfg, prebuilt, device, args.compile)[0]
+            extra["open_clip_warmup_s"] = round(warm_up(fns["open_clip_compiled"]), 1)
+        timing = interleaved(fns, args.steps, CLOCKS[args.clock])
+        extra["evaclip_copy_share"] = profile_step(ours_fn, args.profile)
+        if "evaclip_compiled" in fns:
+            extra["evaclip_compiled_copy_share"] = profile_step(fns["evaclip_compiled"], args.profile)
+        s1 = stage1_times(cfg, max(3, args.steps // 2), device, args.compile, CLOCKS[args.clock])
     result = {
         "bench": "train_step", "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "threads": torch.get_num_threads(), "precision": args.precision,
+        "threads": torch.get_num_threads(), "precision": args.precision, "compile": args.compile,
+        "clock": args.clock,
         "model": f"{cfg.model.vision_model}@{cfg.data.image_size}px + text "
                  f"{cfg.model.text.layers}x{cfg.model.text.width}",
         "batch": args.batch, "loss": args.loss,
-        "evaclip_images_per_s": round(args.batch / ours, 1), "open_clip_images_per_s": round(args.batch / theirs, 1),
-        "vs_open_clip": round(theirs / ours, 3),
-        "step_flops": flops, "achieved_flop_per_s": round(flops / ours), "gemm_peak_flop_per_s": round(peak),
-        "flop_utilization": round(flops / ours / peak, 3),
-        "stage1_images_per_s": round(args.batch / s1["stage1_step_s"], 1),
-        "stage1_vs_parts": round(s1["stage1_step_s"] / (s1["student_step_s"] + s1["teacher_fwd_s"]), 3),
-        **{k: round(v, 4) for k, v in s1.items()},
+        **step_figures(timing, args.batch, flops, gemm_flops),
+        **extra,
+        **stage1_figures(s1, args.batch),
         "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
     }
     print(json.dumps(result))

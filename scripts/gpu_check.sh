@@ -1,27 +1,33 @@
 #!/usr/bin/env bash
-# GPU checks on ONE H100/H200 in under 8 minutes; installs nothing (run scripts/test.sh --setup-only first).
+# GPU checks on ONE H100/H200 in about 10 minutes; installs nothing (run scripts/setup_venv.sh [--gpu] first).
 #   1. attention benchmark: sdpa vs math vs xformers, bf16, an EVA-02 base block at 196/576/1024 tokens
-#   2. bf16 stage-2 step of eva02_base_patch16_clip_224 + CLIP-base text: images/s, vs open_clip, MFU
-#      against the bf16 GEMM peak measured in the same run (scripts/bench_train_step.py)
-#   3. a ZeRO-2 single-GPU stage-2 run (5 steps, torchrun, 1 process)
-#   3b. contrastive accumulation K = 1, 2, 4 at an equal contrastive batch of 256: peak memory and images/s
+#   2. bf16 stage-2 step of eva02_base_patch16_clip_224 + CLIP-base text at batch 256: evaclip eager and
+#      compiled (train.compile=$GPU_CHECK_COMPILE, default blocks) vs open_clip eager and compiled, the
+#      compile warm-up, MFU against the bf16 GEMM peak measured in the same run, and the stage-1 step
+#      (student + frozen teacher) compiled vs eager (scripts/bench_train_step.py)
+#   3. the data pipeline at 224 px from JPEG bytes: images/s per loader worker (1, 8, 15 workers on 16
+#      cores), the workers the compiled step needs, and nvjpeg decoding on the GPU (scripts/bench_data.py)
+#   4. a compiled ZeRO-2 single-GPU stage-2 run (5 steps, torchrun, 1 process)
+#   4b. contrastive accumulation K = 1, 2, 4 at an equal contrastive batch of 256: peak memory and images/s
 #      (scripts/bench_contrastive_accum.py, the gpu_base model, bf16)
-#   4. the export test and the CUDA-only attention tests on the GPU (pytest): a test that skips there
-#      (no CUDA, xformers missing or without kernels) fails the step — a skipped GPU test is not a pass
+#   5. the export test, the CUDA-only attention tests and the no-host-sync test on the GPU (pytest): a test
+#      that skips there (no CUDA, xformers missing or without kernels) fails the step — a skipped GPU test
+#      is not a pass
 # Writes runs/gpu_check/summary.json (every step's status, seconds and JSON result). On a machine without
 # CUDA it runs the preflight (venv, imports, data) and prints a SKIP line naming why, exit status 0.
-#   scripts/gpu_check.sh --pytest-only [PYTEST ARGS]   step 4 alone (any machine; default: its selection)
+#   scripts/gpu_check.sh --pytest-only [PYTEST ARGS]   step 5 alone (any machine; default: its selection)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${GPU_CHECK_OUT:-runs/gpu_check}
 PY=.venv/bin/python
 if [ ! -x "$PY" ]; then
-  echo "gpu_check: no .venv here — run scripts/test.sh --setup-only first (the only step that installs)" >&2
+  echo "gpu_check: no .venv here — run scripts/setup_venv.sh [--gpu] first (the only step that installs)" >&2
   exit 2
 fi
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PIP_NO_INDEX=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 rm -rf "$OUT" && mkdir -p "$OUT"
-GPU_TESTS=(tests/test_export.py tests/test_attention.py -k "reloads or cuda")
+COMPILE=${GPU_CHECK_COMPILE:-blocks}
+GPU_TESTS=(tests/test_export.py tests/test_attention.py tests/test_step_syncs.py -k "reloads or cuda")
 
 step() {  # step NAME SECONDS CMD...: run with a time limit, log to $OUT/NAME.log, record status + seconds
   local name=$1 limit=$2 start rc
@@ -36,7 +42,7 @@ step() {  # step NAME SECONDS CMD...: run with a time limit, log to $OUT/NAME.lo
 }
 
 gpu_tests() {  # step 4: pytest on the GPU, failing (rc 3) when any selected test skips
-  EVACLIP_TEST_DEVICE=cuda step gpu_tests 180 "$PY" - "$@" <<'PY'
+  EVACLIP_TEST_DEVICE=cuda EVACLIP_TEST_SHARDS=data/gpu_check step gpu_tests 240 "$PY" - "$@" <<'PY'
 import sys
 import pytest
 
@@ -134,12 +140,13 @@ fi
 
 # ---- on the GPU ------------------------------------------------------------------------------------
 step attention 120 "$PY" scripts/bench_attention.py --device cuda --dtype bfloat16 --width 768 --heads 12 --batch 32
-step train_step 240 "$PY" scripts/bench_train_step.py --config configs/stage2/gpu_base.yaml --device cuda \
-  --precision bf16 --batch 128 --steps 10
+step train_step 420 "$PY" scripts/bench_train_step.py --config configs/stage2/gpu_base.yaml --device cuda \
+  --precision bf16 --batch 256 --steps 10 --compile "$COMPILE"
+step data_pipeline 240 "$PY" scripts/bench_data.py --image-size 224 --workers 1 8 15 --batches 20
 PORT=$("$PY" -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
 step zero2 240 "$PY" -m torch.distributed.run --nproc_per_node 1 --master_port "$PORT" -m stage2_contrastive.train \
   --config configs/stage2/gpu_base.yaml train.deepspeed=configs/deepspeed/zero2.json train.steps=5 \
-  train.log_every=1 "train.output_dir=$OUT/zero2"
+  train.log_every=1 "train.compile=$COMPILE" "train.output_dir=$OUT/zero2"
 step contrastive_accum 180 "$PY" scripts/bench_contrastive_accum.py --config configs/stage2/gpu_base.yaml \
   --device cuda --precision bf16 --batch 256 --rounds 1 --steps 3 --shards data/gpu_check
 gpu_tests "${GPU_TESTS[@]}"

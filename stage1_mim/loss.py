@@ -10,17 +10,18 @@ def masked_cosine_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Ten
 
     pred, target: [B, N, D] (any float dtype; cast to fp32); mask: [B, N] bool, True = masked.
     EVA minimises `-cos`; `1 - cos` has the same gradient and reads as a distance (0 = perfect).
-    Only masked tokens are selected (boolean indexing), so unmasked predictions get exactly zero
-    gradient — even if they are inf/nan. Averaged over this rank's masked tokens.
+    Unmasked tokens are replaced by constants before anything is computed (`torch.where`, no boolean
+    indexing: no host sync, static shapes for torch.compile), so their predictions get exactly zero
+    gradient — even if they are inf/nan. Averaged over this rank's masked tokens; an empty mask gives NaN
+    (a non-finite loss, which the engine skips; `mask.ratio` is checked at config load to mask ≥ 1 patch).
     """
     if pred.shape != target.shape or pred.ndim != 3:
         raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must both be [B, N, D]")
     if mask.shape != pred.shape[:2]:
         raise ValueError(f"mask {tuple(mask.shape)} must be [B, N] = {list(pred.shape[:2])}")
     mask = mask.to(device=pred.device, dtype=torch.bool)
-    if not bool(mask.any()):
-        raise ValueError("masked_cosine_loss got an empty mask — every batch needs masked tokens "
-                         "(check mask.ratio and the mask generator)")
-    pred_masked, target_masked = pred[mask].float(), target[mask].float()  # [M, D]
-    cos = (F.normalize(pred_masked, dim=-1) * F.normalize(target_masked, dim=-1)).sum(dim=-1)
-    return (1.0 - cos).mean()
+    keep = mask.unsqueeze(-1)  # [B, N, 1]
+    pred, target = torch.where(keep, pred.float(), 0.0), torch.where(keep, target.float(), 0.0)
+    cos = (F.normalize(pred, dim=-1) * F.normalize(target, dim=-1)).sum(dim=-1)  # [B, N]; 0 where unmasked
+    weights = mask.float()
+    return ((1.0 - cos) * weights).sum() / weights.sum()

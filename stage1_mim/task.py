@@ -53,6 +53,7 @@ class MimTask:
                                          m.max_block, tuple(m.aspect))
         self.teacher: FrozenTeacher = build_teacher(cfg.teacher.model, cfg.teacher.weights, self.grid,
                                                     (d.augment.mean, d.augment.std))
+        self.teacher.compile_image_path(run.compile, run.compile_backend)  # the engine compiles the student
 
     # ---- model -------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:

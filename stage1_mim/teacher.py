@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.config.schema import ConfigError
+from common.train.compile import compile_in_place
 
 log = logging.getLogger("evaclip")
 
@@ -62,9 +63,14 @@ class FrozenTeacher(nn.Module):
 
     def _probe_dim(self) -> int:
         with torch.no_grad():
-            return self._tokens(torch.zeros(1, 3, *self.image_size)).shape[-1]
+            return self(torch.zeros(1, 3, *self.image_size)).shape[-1]
 
-    def _tokens(self, images: torch.Tensor) -> torch.Tensor:
+    def compile_image_path(self, mode: str, backend: str = "inductor") -> None:
+        """`train.compile` for the targets (`common.train.compile`): `model` compiles the whole token forward,
+        `blocks` each block of the vision tower (the text tower, used by the probe only, stays eager)."""
+        compile_in_place(self if mode == "model" else self.clip.visual, mode, backend, what="teacher")
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
         """[B,3,H,W] at the teacher's size → projected patch tokens [B, h*w, D] on its own grid."""
         visual = self.clip.visual
         if hasattr(visual, "trunk"):  # open_clip TimmModel (e.g. our Eva towers)
@@ -86,7 +92,7 @@ class FrozenTeacher(nn.Module):
         x = images * self.scale + self.shift
         if tuple(x.shape[-2:]) != self.image_size:
             x = F.interpolate(x, size=self.image_size, mode="bicubic", align_corners=False)
-        tokens = self._tokens(x).float()
+        tokens = self(x).float()
         side = int(round(tokens.shape[1] ** 0.5))
         if (side, side) != self.student_grid:
             if not self._logged_resize:

@@ -3,6 +3,7 @@ xformers matches sdpa on CUDA and fails clearly elsewhere."""
 from __future__ import annotations
 
 import importlib.util
+import logging
 
 import pytest
 import timm
@@ -10,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 import common.vision.attention
-from common.vision.attention import (BACKENDS, XformersEvaAttention, set_attention_backend,
-                                     xformers_unavailable_reason)
+from common.vision.attention import (BACKENDS, XformersEvaAttention, check_attention_backend,
+                                     set_attention_backend, xformers_unavailable_reason)
 
 HAS_XFORMERS = importlib.util.find_spec("xformers") is not None
 NUM_BLOCKS_TINY = 12
@@ -226,3 +227,16 @@ def test_sdpa_and_math_agree_on_cuda():
         with torch.no_grad():
             outputs[backend] = model.forward_features(images)
     torch.testing.assert_close(outputs["math"], outputs["sdpa"], atol=1e-4, rtol=1e-4)  # TF32-free fp32
+
+
+@pytest.mark.parametrize("reason, expected", [("xformers memory_efficient_attention needs CUDA", "sdpa"),
+                                              (None, "xformers")])
+def test_auto_picks_xformers_only_where_its_kernels_load_and_says_which(monkeypatch, caplog, reason, expected):
+    monkeypatch.setattr(common.vision.attention, "xformers_unavailable_reason", lambda: reason)
+    monkeypatch.setattr(common.vision.attention, "_memory_efficient_attention", lambda: None)  # the swap only
+    check_attention_backend("auto")  # never a config error: it falls back
+    model = tiny_eva()
+    with caplog.at_level(logging.INFO, logger="evaclip"):
+        assert set_attention_backend(model, "auto") == NUM_BLOCKS_TINY
+    assert attention_backend(model) == expected
+    assert f"attention: auto → {expected}" in caplog.text

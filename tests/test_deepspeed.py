@@ -166,17 +166,17 @@ def test_zero_consolidated_weights_are_the_plain_run_trained_weights(plain_run, 
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_zero_non_finite_loss_and_gradient_steps_are_skipped_and_counted(tmp_path, stage):
-    # step 2: NaN loss (the engine skips it before backward); step 3: finite loss, NaN gradients (DeepSpeed
-    # steps inside `backward`; the engine must read that its ZeRO optimizer discarded the update)
+    # step 2: NaN loss (the engine poisons its gradients with NaN); step 3: finite loss, NaN gradients.
+    # DeepSpeed steps inside `backward`: the engine must read that its ZeRO optimizer discarded both updates
     run_torchrun("tests.tasks.linear_task", str(tmp_path), "train.steps=4", "nan_at_steps=[2]",
                  "nan_grad_at_steps=[3]", zero_json(stage), "train.grad_clip=1.0")
     assert_deepspeed_ran(tmp_path, stage)
     records = loss_records(tmp_path)
     assert [r["bad_steps"] for r in records] == [0, 1, 2, 2]
     assert [math.isfinite(r["loss"]) for r in records] == [True, False, False, True]
-    # DeepSpeed's own count: it never saw step 2, and its optimizer skipped step 3
+    # DeepSpeed's own count: its optimizer ran 4 steps and skipped steps 2 and 3
     states = load_deepspeed_file(deepspeed_folder(tmp_path) / model_states_file(stage))
-    assert (states["global_steps"], states["skipped_steps"]) == (3, 1)
+    assert (states["global_steps"], states["skipped_steps"]) == (4, 2)
     weights = load_file(str(tmp_path / "model.safetensors"))
     assert all(torch.isfinite(w).all() for w in weights.values())
 

@@ -11,6 +11,7 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from common.config.schema import ConfigError
 
 Precision = Literal["fp32", "bf16", "fp16"]
+CompileMode = Literal["none", "model", "blocks"]  # train.compile: common.train.compile
 # common.data.templates.TEMPLATE_SETS: open_clip's ImageNet lists ("openai" = "openai_imagenet", the 80
 # CLIP prompts; "simple" = "simple_imagenet", its 7-prompt subset) and one plain prompt ("short")
 TemplateSetName = Literal["openai", "openai_imagenet", "simple", "simple_imagenet", "short"]
@@ -31,6 +32,8 @@ class TrainConfig:
     contrastive_accum: int = field(default=1, metadata={"min": 1})
     grad_accum: int = field(default=1, metadata={"min": 1})
     precision: Precision = "fp32"
+    compile: CompileMode = "none"  # torch.compile: none | model (whole model) | blocks (each repeated block)
+    compile_backend: str = "inductor"  # torch.compile's backend (aot_eager: no code generation, for debugging)
     seed: int = 0
     log_every: int = field(default=10, metadata={"min": 1})
     eval_every: int = field(default=0, metadata={"min": 0})  # 0: evaluate only at the end

@@ -53,9 +53,21 @@ def make_accelerator(cfg: TrainConfig):
         kwargs["deepspeed_plugin"] = DeepSpeedPlugin(hf_ds_config=load_deepspeed_config(cfg.deepspeed, cfg))
     elif on_cpu:
         kwargs["cpu"] = True
-    return Accelerator(mixed_precision="no" if cfg.precision == "fp32" else cfg.precision,
-                       gradient_accumulation_steps=cfg.grad_accum * cfg.contrastive_accum,  # backward passes
-                       kwargs_handlers=handlers, **kwargs)
+    accelerator = Accelerator(mixed_precision="no" if cfg.precision == "fp32" else cfg.precision,
+                              gradient_accumulation_steps=cfg.grad_accum * cfg.contrastive_accum,  # backward passes
+                              kwargs_handlers=handlers, **kwargs)
+    if cfg.precision == "fp16" and on_cpu and not cfg.deepspeed:
+        _enable_fp16_on_cpu(accelerator)
+    return accelerator
+
+
+def _enable_fp16_on_cpu(accelerator: Any) -> None:
+    """accelerate runs fp16 on accelerators only (on a CPU it silently trains in fp32), while torch's
+    autocast and GradScaler run fp16 on a CPU too: switch accelerate's own fp16 path on (its attributes,
+    before `prepare`), so a CPU run takes the GPU's path: fp16 autocast, loss scaling, unscale before
+    clipping, the scaler's skip-and-back-off on overflow and its state in checkpoints."""
+    accelerator.native_amp = True
+    accelerator.scaler = torch.amp.GradScaler("cpu")
 
 
 def run_context(accelerator: Any, cfg: TrainConfig) -> RunContext:
@@ -63,7 +75,8 @@ def run_context(accelerator: Any, cfg: TrainConfig) -> RunContext:
     return RunContext(rank=accelerator.process_index, world_size=accelerator.num_processes,
                       device=accelerator.device, micro_batch=cfg.batch_size, grad_accum=cfg.grad_accum,
                       precision=cfg.precision, deepspeed=accelerator.distributed_type.name == "DEEPSPEED",
-                      contrastive_accum=cfg.contrastive_accum)
+                      contrastive_accum=cfg.contrastive_accum, compile=cfg.compile,
+                      compile_backend=cfg.compile_backend)
 
 
 def shutdown(accelerator: Any, model: Any) -> None:
@@ -77,3 +90,5 @@ a third to a half of CPU runs (`terminate called without an active exception`)."
     accelerator.end_training()
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+    from accelerate.state import AcceleratorState
+    AcceleratorState._reset_state(reset_partial_state=True)  # a process may train again, in another precision

@@ -17,6 +17,8 @@ class RunContext:
     precision: str     # train.precision
     deepspeed: bool    # DeepSpeed wraps the model: its trained parameter set is fixed when it is wrapped
     contrastive_accum: int = 1  # micro-batches scored as one contrastive batch (train.contrastive_accum)
+    compile: str = "none"  # train.compile: the engine compiles the model; a task compiles what else it runs
+    compile_backend: str = "inductor"  # train.compile_backend
 
     @property
     def is_main(self) -> bool:

@@ -3,8 +3,9 @@
 A stage hands `train()` its config and a task factory: given the run's `RunContext` (rank, world size,
 device, batch geometry) it makes a `Task`, which builds the model and its param groups, makes the data
 stream, computes the loss of a batch and evaluates. The engine owns everything else: devices,
-precision, gradient accumulation and clipping, optimizer and schedule, the NaN guard, logging, progress
-bar, periodic eval, atomic checkpoints and exact resume. No model is built before the run's seed is set.
+precision, compilation, gradient accumulation and clipping, optimizer and schedule, the non-finite guard
+(on the device, read at log steps: step_guard.py), logging, progress bar, periodic eval, atomic
+checkpoints and exact resume. No model is built before the run's seed is set.
 
 Exact resume: the data stream is rebuilt at every checkpoint step from a seed derived from
 (train.seed, step), and accelerate's state holds model, optimizer, scheduler, scaler and RNG; so a run
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import time
 from collections import Counter
 from pathlib import Path
@@ -22,14 +24,18 @@ from typing import Any, Callable, Iterator, Protocol
 import torch
 from torch import nn
 
-from common.artifacts import EngineState, MetricsFile, checkpoint_dir, complete_checkpoints, write_config
+from common.artifacts import EngineState, MetricsFile, checkpoint_dir, write_config
 from common.config.schema import ConfigError
 from common.evaluation.dist import gather_objects
 from common.train import checkpoint as ckpt
 from common.train.accelerator import make_accelerator, run_context, shutdown
+from common.train.compile import compile_in_place
 from common.train.context import RunContext
 from common.train.metrics import MetricsLogger
 from common.train.optim import build_optimizer, build_scheduler
+from common.train.step_guard import OK, NonFiniteError, StepWindow, gated_step, poison_non_finite, step_status
+
+__all__ = ["NonFiniteError", "Task", "TaskFactory", "Trainer", "data_seed", "train"]
 
 log = logging.getLogger("evaclip")
 
@@ -78,10 +84,6 @@ class ContrastiveGroupTask(Task, Protocol):
 TaskFactory = Callable[[RunContext], Task]
 
 
-class NonFiniteError(RuntimeError):
-    """Too many consecutive steps with a non-finite loss or gradient norm."""
-
-
 def data_seed(seed: int, step: int) -> int:
     """Seed of the data stream (re)started at `step`: the same in a resumed and an uninterrupted run."""
     return seed * 1_000_003 + step
@@ -128,10 +130,13 @@ class Trainer:
         model = self.task.build_model()
         optimizer = build_optimizer(self.task.param_groups(model), self.optim_cfg)
         self.scheduler = build_scheduler(optimizer, self.optim_cfg, self.cfg.steps)
+        # in place: state-dict names stay, DDP and DeepSpeed wrap what looks like an eager module
+        self.compiled = compile_in_place(model, self.cfg.compile, self.cfg.compile_backend)
         self.model, self.optimizer = acc.prepare(model, optimizer)
         acc.register_for_checkpointing(self.scheduler)  # stepped by us: once per optimizer step
         self.input_dtype = torch.bfloat16 if (self.is_deepspeed and self.cfg.precision == "bf16") else None
-        self.step, self.bad_total, self.bad_run, self.skipped_samples = 0, 0, 0, 0
+        self.step = 0
+        self.window = StepWindow(self.cfg.max_bad_steps, self.run_dir)  # step outcomes, read at log/save
         self.source_draws: Counter[str] = Counter()  # all ranks, up to the last log or save
         self.new_draws: Counter[str] = Counter()  # this rank's since then
         torch.manual_seed(self.cfg.seed + self.run.rank)  # per-rank dropout / drop-path
@@ -149,7 +154,8 @@ class Trainer:
                               "it is damaged or was written for another model; resume from an earlier "
                               "checkpoint or train into a new train.output_dir") from err
         state = EngineState.read(path)
-        self.step, self.bad_total, self.skipped_samples = state.step, state.bad_steps, state.skipped_samples
+        self.step = state.step
+        self.window.bad_total, self.window.skipped_samples = state.bad_steps, state.skipped_samples
         self.source_draws = Counter(state.source_draws)
         if self.is_main:  # drop records the crashed run logged after this checkpoint
             MetricsFile(self.run_dir).truncate_after(self.step)
@@ -165,6 +171,7 @@ class Trainer:
     def save(self) -> Path:
         """Atomic checkpoint of the whole training state + consolidated weights for export."""
         acc = self.accelerator
+        self.window.settle()  # the counts the checkpoint holds (and the bad-step limit) are current
         final = checkpoint_dir(self.run_dir, self.step)
         tmp = ckpt.temp_path(final)
         self._merge_draws()
@@ -173,7 +180,7 @@ class Trainer:
         state_dict = acc.get_state_dict(self.model)  # gathers ZeRO-3 shards (collective)
         if self.is_main:
             self.task.save_weights(state_dict, tmp)
-            state = EngineState(self.step, self.bad_total, self.skipped_samples, self.schedule,
+            state = EngineState(self.step, self.window.bad_total, self.window.skipped_samples, self.schedule,
                                 dict(self.source_draws))
             ckpt.finalize(tmp, final, state, self.cfg.keep_last)
             self.task.save_weights(state_dict, self.run_dir)  # newest weights at the run's top level
@@ -184,15 +191,9 @@ class Trainer:
         return final
 
     # ---- one optimizer step ------------------------------------------------------------------
-    def _all_finite(self, value: torch.Tensor) -> bool:
-        flag = torch.isfinite(value.detach().float()).all().float().reshape(1)
-        if self.accelerator.num_processes > 1:
-            flag = self.accelerator.reduce(flag, reduction="mean")
-        return bool(flag.item() == 1.0)
-
     def _next_batch(self, batches: Iterator[dict]) -> dict:
         batch = next(batches)
-        self.skipped_samples += int(batch.pop("skipped", torch.zeros(1)).sum())
+        self.window.count_skipped(batch.pop("skipped", None))
         self.new_draws.update(batch.pop("source", ()))
         return _to_device(batch, self.accelerator.device, self.input_dtype)
 
@@ -207,55 +208,49 @@ class Trainer:
             else:
                 yield from self.task.contrastive_group(self.model, [self._next_batch(batches) for _ in range(group)])
 
-    def _train_step(self, batches: Iterator[dict]) -> tuple[torch.Tensor | None, dict]:
-        """Forward/backward over `grad_accum` × `contrastive_accum` passes and one optimizer step.
-        Returns (mean loss or None if the step was skipped as non-finite, extras)."""
-        acc, losses, extras = self.accelerator, [], {}
+    def _train_step(self, batches: Iterator[dict]) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Forward/backward over `grad_accum` × `contrastive_accum` passes and one optimizer step, with no
+        host-device sync (`common.train.step_guard`). Returns, on the device: the mean loss, the step's
+        status (OK, or why the whole group was skipped) and the extras to log (the last pass's +
+        grad_norm)."""
+        acc, losses, finite = self.accelerator, [], []
         self.model.train()
         passes = self._loss_passes(batches)
         # accelerate (and DeepSpeed) divide each backward by all passes; a contrastive group's K passes
         # each carry a part of ONE loss's gradient, so they are scaled back by K
         group = self.run.contrastive_accum
         for _ in range(self.run.backward_passes):
-            with acc.accumulate(self.model), acc.autocast():
-                loss, extras = next(passes)
-                if not self._all_finite(loss):
-                    return self._skip_step("loss")
+            with acc.accumulate(self.model):
+                with acc.autocast():
+                    loss, extras = next(passes)
+                loss, loss_finite = poison_non_finite(loss)  # a bad pass poisons the group's gradients
                 acc.backward(loss * group if group > 1 else loss)
-                losses.append(loss.detach())
-                if acc.sync_gradients and self.is_deepspeed:
-                    # DeepSpeed clipped and stepped inside `backward`; on a non-finite norm its ZeRO
-                    # optimizer discards the gradients instead (fp32/fp16), which we count like ours
-                    if not self.model.was_step_applied():
-                        return self._skip_step("gradient norm (DeepSpeed skipped its update)")
-                    grad_norm = self.model.get_global_grad_norm()
-                    if grad_norm is not None:
-                        extras["grad_norm"] = float(grad_norm)
-                elif acc.sync_gradients:
-                    max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
-                    grad_norm = acc.clip_grad_norm_(self.model.parameters(), max_norm)
-                    if grad_norm is not None and not torch.isfinite(grad_norm):
-                        return self._skip_step("gradient norm")
-                    extras["grad_norm"] = grad_norm
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.detach())
+            finite.append(loss_finite)
+        if not acc.sync_gradients:
+            raise RuntimeError("accelerate's accumulation counter is out of step with the backward passes")
+        status, grad_norm = self._optimizer_step(torch.stack(finite).all())
+        if grad_norm is not None:
+            extras = dict(extras, grad_norm=grad_norm)
         self.scheduler.step()
         self.task.after_optimizer_step(acc.unwrap_model(self.model), self.step + 1)
-        self.bad_run = 0
-        return torch.stack(losses).mean(), extras
+        return torch.stack(losses).mean(), status, extras
 
-    def _skip_step(self, what: str) -> tuple[None, dict]:
+    def _optimizer_step(self, losses_finite: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """Clip, step (a no-op when the gradients are non-finite), zero the gradients: (status, grad norm)."""
+        if self.is_deepspeed:  # DeepSpeed clipped and stepped inside `backward`, or discarded the update
+            applied = self.model.was_step_applied()  # a host flag: DeepSpeed's step read its overflow check
+            skipped = None if applied else torch.full((), math.nan, device=losses_finite.device)
+            return step_status(losses_finite, skipped), self.model.get_global_grad_norm()
+        max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
+        grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
+        status = step_status(losses_finite, grad_norm)
+        if self.accelerator.scaler is not None:
+            self.optimizer.step()  # fp16: GradScaler skips a non-finite step itself and halves its scale
+        else:
+            gated_step(self.optimizer, status != OK)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
-        self.bad_total += 1
-        self.bad_run += 1
-        log.warning("step %d: non-finite %s, step skipped (%d in a row)", self.step + 1, what, self.bad_run)
-        if self.bad_run >= self.cfg.max_bad_steps:
-            last = complete_checkpoints(self.run_dir)
-            where = f"last good checkpoint: {last[-1]}" if last else "no checkpoint was saved yet"
-            raise NonFiniteError(f"{self.bad_run} consecutive non-finite steps at step {self.step + 1} — "
-                                 f"{where}; lower optim.lr or raise train.grad_clip, then --resume")
-        return None, {}
+        return status, grad_norm
 
     # ---- the loop ----------------------------------------------------------------------------
     def _batches(self) -> Iterator[dict]:
@@ -270,14 +265,17 @@ class Trainer:
             self.source_draws.update(draws)
         self.new_draws.clear()
 
-    def _log(self, losses: list[torch.Tensor], extras: dict, t0: float, samples: int) -> None:
+    def _log(self, extras: dict, t0: float, samples: int) -> None:
+        """One loss record: the window's outcomes are read back here (the step's only host sync)."""
         acc = self.accelerator
-        mean_loss = torch.stack(losses).mean().reshape(1) if losses else torch.full((1,), float("nan"))
+        self.window.settle()
+        losses = self.window.take_losses()  # of the applied steps since the last record
+        mean_loss = torch.tensor([sum(losses) / len(losses) if losses else math.nan])
         if acc.num_processes > 1:
             mean_loss = acc.reduce(mean_loss.to(acc.device), reduction="mean")
         record = {"step": self.step, "loss": float(mean_loss), "lr": self.scheduler.get_last_lr()[0],
                   "samples_per_s": samples / max(time.perf_counter() - t0, 1e-9),
-                  "bad_steps": self.bad_total, "skipped_samples": self.skipped_samples,
+                  "bad_steps": self.window.bad_total, "skipped_samples": self.window.skipped_samples,
                   "world_size": acc.num_processes}
         record.update({k: float(v) for k, v in extras.items()})
         self._merge_draws()
@@ -296,7 +294,7 @@ class Trainer:
                 "resumed_from": str(self.resume_from) if self.resume_from is not None else None,
                 "world_size": acc.num_processes, "distributed_type": acc.distributed_type.name,
                 "zero_stage": plugin.zero_stage if plugin is not None else None,
-                "precision": self.cfg.precision}
+                "precision": self.cfg.precision, "compile": self.cfg.compile, "compiled_modules": self.compiled}
 
     def _evaluate(self, final: bool = False) -> None:
         self.model.eval()
@@ -312,20 +310,19 @@ class Trainer:
         self.bar = tqdm(total=cfg.steps, initial=self.step, desc=str(self.run_dir), dynamic_ncols=True,
                         disable=not (self.is_main and cfg.progress))
         global_batch = self.run.global_batch
-        batches, losses, t0, window = self._batches(), [], time.perf_counter(), 0
+        batches, t0, window = self._batches(), time.perf_counter(), 0
         self.logger.log(self._start_record())
         self.task.after_optimizer_step(acc.unwrap_model(self.model), self.step)
         try:
             while self.step < cfg.steps:
-                loss, extras = self._train_step(batches)
+                loss, status, extras = self._train_step(batches)
                 self.step += 1
+                self.window.push(self.step, loss, status)
                 window += global_batch
-                if loss is not None:
-                    losses.append(loss)
                 self.bar.update(1)
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                    self._log(losses, extras, t0, window)
-                    losses, t0, window = [], time.perf_counter(), 0
+                    self._log(extras, t0, window)
+                    t0, window = time.perf_counter(), 0
                 if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
                     self._evaluate()
                 if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.steps:

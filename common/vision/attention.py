@@ -1,6 +1,8 @@
 """Attention backend for timm `Eva` towers (docs/ARCHITECTURE.md, "Attention backends"; config keys
 `model.attention`, `student.attention`).
 
+- `auto`: `xformers` where its CUDA kernels load (`xformers_unavailable_reason()` is None), else `sdpa`;
+  the choice and its reason are logged.
 - `sdpa` (default): `F.scaled_dot_product_attention` — timm's own fused path (`fused_attn=True`).
 - `math` (reference): explicit `softmax(q k^T * scale) v` — timm's unfused path (`fused_attn=False`).
 - `xformers` (CUDA only, `pip install 'evaclip[gpu]'`): the module's class is swapped to
@@ -11,6 +13,8 @@ No backend adds, removes or renames a parameter or buffer: the state dict is ide
 """
 from __future__ import annotations
 
+import functools
+import logging
 from typing import Callable, Literal, Optional, get_args
 
 import torch
@@ -22,8 +26,9 @@ from torch import nn
 
 from common.config.schema import ConfigError
 
-AttentionBackend = Literal["sdpa", "math", "xformers"]  # the config type of every attention key
+AttentionBackend = Literal["auto", "sdpa", "math", "xformers"]  # the config type of every attention key
 BACKENDS: tuple[str, ...] = get_args(AttentionBackend)
+log = logging.getLogger("evaclip")
 # timm's `Eva(attn_type='rope')` uses AttentionRope (same fused_attn switch; not in older timm)
 _ROPE_ATTENTION = tuple(c for c in [getattr(timm.layers, "AttentionRope", None)] if c is not None)
 _ATTENTION_TYPES = (EvaAttention, *_ROPE_ATTENTION)
@@ -51,8 +56,10 @@ def xformers_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: flo
                            "model.attention=sdpa") from err
 
 
+@functools.lru_cache(maxsize=None)
 def xformers_unavailable_reason() -> Optional[str]:
-    """None when the xformers backend runs here (CUDA, xformers installed, kernels load), else why not."""
+    """None when the xformers backend runs here (CUDA, xformers installed, kernels load), else why not.
+    Probed once per process (a tiny fp16 attention call on the GPU)."""
     if not torch.cuda.is_available():
         return "xformers memory_efficient_attention needs CUDA"
     try:
@@ -70,6 +77,16 @@ def check_attention_backend(backend: str) -> None:
         if reason is not None:
             raise ConfigError(f"attention backend 'xformers' cannot run here ({reason}) — set the attention "
                               "key to sdpa, or install xformers built for this torch on a CUDA machine")
+
+
+def resolve_attention_backend(backend: str) -> str:
+    """The backend `backend` runs as: `auto` → `xformers` where its kernels load, else `sdpa` (logged)."""
+    if backend != "auto":
+        return backend
+    reason = xformers_unavailable_reason()
+    chosen = "sdpa" if reason else "xformers"
+    log.info("attention: auto → %s (%s)", chosen, f"xformers: {reason}" if reason else "xformers kernels load")
+    return chosen
 
 
 class XformersEvaAttention(EvaAttention):
@@ -126,6 +143,7 @@ def set_attention_backend(model: nn.Module, backend: str) -> int:
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend '{backend}' — use one of {', '.join(BACKENDS)} "
                          "(config key: model.attention)")
+    backend = resolve_attention_backend(backend)
     if backend == "xformers":
         _memory_efficient_attention()  # fail early with the install hint
     modules = [m for m in model.modules() if isinstance(m, _ATTENTION_TYPES)]

@@ -64,7 +64,7 @@ def first_step(kind: str, shard_dir: str, out_dir: str) -> dict[str, Any]:
     trainer.optimizer.zero_grad(set_to_none=True)
     captured: dict[str, torch.Tensor] = {}
     trainer.optimizer.step = lambda *a, **k: captured.update(gradients(model))
-    loss, _ = trainer._train_step(iter(micro_batches))
+    loss, _, _ = trainer._train_step(iter(micro_batches))
     return {"accumulated": {"loss": loss.detach(), "grads": captured}, "big": big, "trainer": trainer}
 
 

@@ -25,14 +25,21 @@ class StreamConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         steps=4, batch_size=8, log_every=1, progress=False, tensorboard=False))
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=0.05, warmup_steps=1, weight_decay=0.01))
+    # 1-based `training_loss` calls (micro-batches) whose loss is NaN while its gradients stay finite (a NaN
+    # constant is added): only the engine's guard keeps such a micro-batch out of the update
+    nan_at_calls: tuple[int, ...] = ()
+    huge_at_calls: tuple[int, ...] = ()  # calls whose loss is × 1e6: finite, but fp16's scaled gradients overflow
 
 
 class StreamTask:
     def __init__(self, cfg: StreamConfig, run: RunContext):
-        self.cfg, self.run = cfg, run
+        self.cfg, self.run, self.calls = cfg, run, 0
+        self.hidden_dtypes: set[torch.dtype] = set()  # what the first layer computed in (autocast or not)
 
     def build_model(self) -> nn.Module:
-        return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+        model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+        model[0].register_forward_hook(lambda module, args, out: self.hidden_dtypes.add(out.dtype))
+        return model
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
         return tower_param_groups(model, self.cfg.optim.weight_decay)
@@ -49,7 +56,11 @@ class StreamTask:
             start += batch
 
     def training_loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict]:
-        return nn.functional.mse_loss(model(batch["x"]), batch["y"]), {}
+        self.calls += 1
+        loss = nn.functional.mse_loss(model(batch["x"]).float(), batch["y"])
+        if self.calls in self.cfg.huge_at_calls:
+            loss = loss * 1e6
+        return (loss + float("nan") if self.calls in self.cfg.nan_at_calls else loss), {}
 
     def after_optimizer_step(self, model: nn.Module, step: int) -> None:
         pass
