@@ -11,6 +11,7 @@ from common.artifacts import complete_checkpoints
 from common.train.cli import parse_cli
 from stage1_mim.train import main as stage1_main
 from stage2_contrastive.train import main as stage2_main
+from tests.run_records import reseal
 
 CONFIG = "configs/stage2/fmnist_tiny.yaml"
 
@@ -66,7 +67,8 @@ def test_poisoned_resume_checkpoint_is_one_line_and_runs_nothing(stage2_override
     checkpoint = complete_checkpoints(tmp_path / "run")[-1]
     marker = tmp_path / "payload_ran"
     (checkpoint / "optimizer.bin").write_bytes(pickle.dumps(_Payload(str(marker))))
+    reseal(checkpoint)  # its manifest rewritten with it: the tensors-only check must catch it
     assert stage2_main([*args, "--resume", str(checkpoint)]) == 2
     err = one_line_error(capsys)
-    assert f"--resume {checkpoint}: cannot load this checkpoint" in err
+    assert f"--resume {checkpoint}: '{checkpoint / 'optimizer.bin'}' would import os.makedirs — refused" in err
     assert not marker.exists()

@@ -13,7 +13,12 @@ function of (seed, rank, world_size, num_workers), num_workers 0 and 1 give the 
 caller's RNG is never consumed (the DataLoader gets a private generator for its unused base seed).
 numpy's legacy global RNG is seeded in workers but not isolated in-process: augment with torch/random.
 
-Bad samples are skipped and counted (`common.data.samples`).
+Bad samples are skipped and counted (`common.data.samples`), and so are shards that vanish or fail
+mid-run (deleted, permission denied, truncated on a network mount): a draw of such a shard counts one
+skip (more for a shard truncated mid-read) and the draw sequence is unchanged, so the stream stays a
+pure function of its seed for the shards that remain. When none of a stream's shards gives a sample
+any more, `NoReadableShardError` (one line naming them) is raised in the training process, also when
+the stream runs in a loader worker.
 """
 from __future__ import annotations
 
@@ -29,15 +34,29 @@ from webdataset.tariterators import tarfile_samples
 from common.data.samples import MapSample, SkipCounter, PrivateRNG, batches, decode_and_map
 from common.data.shard_list import shard_sizes
 
+ERROR_KEY = "__no_readable_shard__"
 
-def _resampled(shards: list[str], rng: random.Random, counter: SkipCounter) -> Iterator[dict[str, str]]:
-    """Shards drawn with replacement forever; raises if many draws in a row give no sample at all."""
+
+class NoReadableShardError(RuntimeError):
+    """None of the shards of a training stream gives a sample; the message is one line naming them."""
+
+
+def _shard_list(shards: list[str], shown: int = 10) -> str:
+    names = ", ".join(shards[:shown])
+    return names if len(shards) <= shown else f"{names} and {len(shards) - shown} more"
+
+
+def _resampled(shards: list[str], rng: random.Random, counter: SkipCounter,
+               where: str) -> Iterator[dict[str, str]]:
+    """Shards drawn with replacement forever; `NoReadableShardError` if many draws in a row give no sample."""
     empty_run, last_read = 0, -1
     limit = max(20, 3 * len(shards))
     while True:
         empty_run = empty_run + 1 if counter.read == last_read else 0
         if empty_run >= limit:
-            raise RuntimeError(f"{limit} shards in a row gave no readable sample — check {shards[:3]} …")
+            raise NoReadableShardError(f"{where}: no readable shard left — {limit} draws in a row from its "
+                                       f"{len(shards)} shards ({_shard_list(shards)}) gave no sample (deleted, "
+                                       "unreadable or truncated?); check data.train_shards and the storage")
         last_read = counter.read
         yield {"url": rng.choice(shards)}
 
@@ -66,10 +85,21 @@ class TrainStream(torch.utils.data.IterableDataset):
         return self.rank * workers + worker, self.world_size * workers, seeds
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        """This stream's batches; a `NoReadableShardError` travels as the last item (`ERROR_KEY`), which
+        `make_train_loader` raises in the training process (a loader worker's exception would arrive there
+        wrapped in its traceback)."""
+        try:
+            yield from self._batches()
+        except NoReadableShardError as err:
+            yield {ERROR_KEY: str(err)}
+
+    def _batches(self) -> Iterator[dict[str, Any]]:
         index, total, (shard_seed, shuffle_seed, rng_seed) = self.stream()
         shards = self.urls[index::total] if len(self.urls) >= total else self.urls
         counter = SkipCounter(shards)
-        samples = tarfile_samples(_resampled(shards, random.Random(shard_seed), counter), handler=counter)
+        info = torch.utils.data.get_worker_info()
+        where = f"rank {self.rank}" + (f", loader worker {info.id}" if info is not None else "")
+        samples = tarfile_samples(_resampled(shards, random.Random(shard_seed), counter, where), handler=counter)
         samples = _count_reads(samples, counter)
         if self.shuffle_buffer > 1:
             samples = wds.filters.shuffle(self.shuffle_buffer, self.shuffle_buffer,
@@ -79,7 +109,14 @@ class TrainStream(torch.utils.data.IterableDataset):
             rng.install()  # this process's globals are the stream's own: no per-sample swap needed
             rng = None
         mapped = decode_and_map(samples, self.map_sample, counter, rng)
-        return batches(mapped, self.batch_size, partial=False)
+        yield from batches(mapped, self.batch_size, partial=False)
+
+
+def _raising_errors(loader: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    for batch in loader:
+        if ERROR_KEY in batch:
+            raise NoReadableShardError(batch[ERROR_KEY])
+        yield batch
 
 
 def make_train_loader(urls: list[str], map_sample: MapSample, batch_size: int, *, seed: int, rank: int = 0,
@@ -92,8 +129,9 @@ def make_train_loader(urls: list[str], map_sample: MapSample, batch_size: int, *
         raise FileNotFoundError("make_train_loader got no shards — check data.train_shards")
     dataset = TrainStream(urls, map_sample, batch_size, seed, rank, world_size, shuffle_buffer)
     generator = torch.Generator().manual_seed(seed % 2**63)  # DataLoader draws a base seed: not from ours
-    return wds.WebLoader(dataset, batch_size=None, num_workers=num_workers, generator=generator,
-                         persistent_workers=persistent_workers and num_workers > 0)
+    loader = wds.WebLoader(dataset, batch_size=None, num_workers=num_workers, generator=generator,
+                           persistent_workers=persistent_workers and num_workers > 0)
+    return _raising_errors(loader)
 
 
 class EvalStream(torch.utils.data.IterableDataset):

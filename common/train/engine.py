@@ -6,9 +6,13 @@ stream, computes the loss of a batch and evaluates. The engine owns everything e
 precision, gradient accumulation and clipping, optimizer and schedule, the NaN guard, logging, progress
 bar, periodic eval, atomic checkpoints and exact resume. No model is built before the run's seed is set.
 
-Exact resume: the data stream is rebuilt at every checkpoint step from a seed derived from
-(train.seed, step), and accelerate's state holds model, optimizer, scheduler, scaler and RNG; so a run
-resumed from step k sees the same batches and draws the same random numbers as one never stopped.
+Exact resume: the data stream is rebuilt at every periodic checkpoint step from a seed derived from
+(train.seed, step) (a preemption checkpoint records the step its stream started at, and a resume moves
+that stream on to its step), and accelerate's state holds model, optimizer, scaler and RNG, the engine's
+marker the LR schedule; so a run resumed from step k sees the same batches and draws the same random
+numbers as one never stopped. Faults (`docs/ARCHITECTURE.md`, "Failures"): preemption signals
+(`preemption`), failed checkpoint writes (`checkpoint_write`), damaged or untrusted checkpoints
+(`checkpoint`), ranks that stop answering (`collectives`).
 """
 from __future__ import annotations
 
@@ -19,15 +23,19 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 
 import torch
+from accelerate.utils import set_seed
 from torch import nn
 
 from common.artifacts import EngineState, MetricsFile, checkpoint_dir, complete_checkpoints, write_config
 from common.config.schema import ConfigError
 from common.train import checkpoint as ckpt
 from common.train.accelerator import make_accelerator, run_context, shutdown
+from common.train.checkpoint_write import CheckpointWrite, publish_weights
+from common.train.collectives import CollectiveError, named
 from common.train.context import RunContext
 from common.train.metrics import MetricsLogger
 from common.train.optim import build_optimizer, build_scheduler
+from common.train.preemption import Preempted, PreemptionWatch
 
 log = logging.getLogger("evaclip")
 
@@ -95,21 +103,25 @@ class Trainer:
         validate_run = getattr(config, "validate_run", None)
         if callable(validate_run):
             validate_run(self.run)  # checks that depend on the run (world size, DeepSpeed): ConfigError
-        self.resume_from = ckpt.resolve_resume(resume, self.run_dir) if resume else None
+        self.resume_from = ckpt.agreed_resume(acc, resume, self.run_dir) if resume else None
         self.schedule = {"steps": self.cfg.steps, "global_batch": self.run.global_batch}
         if self.resume_from is not None:
             ckpt.check_same_schedule(self.resume_from, self.schedule)
         if self.is_main:
             write_config(self.run_dir, config)
+        set_seed(self.cfg.seed)  # torch's start-up seed is random: nothing may depend on it
         self.task = make_task(self.run)
-        torch.manual_seed(self.cfg.seed)  # identical initial weights on every rank
+        set_seed(self.cfg.seed)  # identical initial weights on every rank, whatever the task drew
         model = self.task.build_model()
         optimizer = build_optimizer(self.task.param_groups(model), self.optim_cfg)
         self.scheduler = build_scheduler(optimizer, self.optim_cfg, self.cfg.steps)
         self.model, self.optimizer = acc.prepare(model, optimizer)
-        acc.register_for_checkpointing(self.scheduler)  # stepped by us: once per optimizer step
+        # the scheduler (stepped by us, once per optimizer step) is saved in the engine's JSON marker, not
+        # registered with accelerate, which would unpickle it with weights_only=False at --resume
         self.input_dtype = torch.bfloat16 if (self.is_deepspeed and self.cfg.precision == "bf16") else None
         self.step, self.bad_total, self.bad_run, self.skipped_samples = 0, 0, 0, 0
+        self.data_start = 0  # the step whose seed started the current data stream
+        self.peers_lost = False  # a collective failed: tear down without waiting for the other ranks
         torch.manual_seed(self.cfg.seed + self.run.rank)  # per-rank dropout / drop-path
         if self.resume_from is not None:
             self._load(self.resume_from)
@@ -117,6 +129,7 @@ class Trainer:
 
     # ---- checkpoints -------------------------------------------------------------------------
     def _load(self, path: Path) -> None:
+        ckpt.require_tensors_only_checkpoint(path, self.is_deepspeed)  # before anything unpickles it
         try:
             self.accelerator.load_state(str(path))
         except Exception as err:  # noqa: BLE001 - whatever the loader raises, the checkpoint is unusable
@@ -126,31 +139,37 @@ class Trainer:
                               "checkpoint or train into a new train.output_dir") from err
         state = EngineState.read(path)
         self.step, self.bad_total, self.skipped_samples = state.step, state.bad_steps, state.skipped_samples
+        self.data_start = state.step if state.data_start is None else state.data_start
+        self.scheduler.load_state_dict(state.scheduler)
         if self.is_main:  # drop records the crashed run logged after this checkpoint
             MetricsFile(self.run_dir).truncate_after(self.step)
         log.info("resumed from %s at step %d", path, self.step)
 
-    def save(self) -> Path:
-        """Atomic checkpoint of the whole training state + consolidated weights for export."""
+    def save(self) -> Path | None:
+        """Atomic checkpoint of the whole training state + consolidated weights for export. A write that
+        fails on any rank (full disk…) removes the partial folder and stops the run, or with
+        `train.checkpoint_errors: warn` goes on without it (None)."""
         acc = self.accelerator
         final = checkpoint_dir(self.run_dir, self.step)
-        tmp = ckpt.temp_path(final)
-        acc.save_state(str(tmp))
-        acc.wait_for_everyone()  # every rank's RNG/optimizer shard is in `tmp` before it is renamed
-        state_dict = acc.get_state_dict(self.model)  # gathers ZeRO-3 shards (collective)
-        if self.is_main:
-            self.task.save_weights(state_dict, tmp)
-            state = EngineState(self.step, self.bad_total, self.skipped_samples, self.schedule)
-            ckpt.finalize(tmp, final, state, self.cfg.keep_last)
-            self.task.save_weights(state_dict, self.run_dir)  # newest weights at the run's top level
-        acc.wait_for_everyone()
-        return final
+        write = CheckpointWrite(acc, final, ckpt.temp_path(final), self.cfg.checkpoint_errors,
+                                self.cfg.dist_timeout_s)
+        write.attempt(lambda: acc.save_state(str(write.tmp)))
+        if write.agree():  # every rank's RNG/optimizer shard is in `tmp`
+            state_dict = acc.get_state_dict(self.model)  # gathers ZeRO-3 shards (collective)
+            if self.is_main:
+                state = EngineState(self.step, self.bad_total, self.skipped_samples, self.schedule,
+                                    scheduler=self.scheduler.state_dict(), data_start=self.data_start)
+                write.attempt(lambda: self.task.save_weights(state_dict, write.tmp))
+                write.attempt(lambda: ckpt.finalize(write.tmp, final, state, self.cfg.keep_last))
+                write.attempt(lambda: publish_weights(self.task.save_weights, state_dict, self.run_dir))
+        return final if write.finish() else None
 
     # ---- one optimizer step ------------------------------------------------------------------
     def _all_finite(self, value: torch.Tensor) -> bool:
         flag = torch.isfinite(value.detach().float()).all().float().reshape(1)
         if self.accelerator.num_processes > 1:
-            flag = self.accelerator.reduce(flag, reduction="mean")
+            with named(f"step {self.step + 1}: the all-reduce of the finite-loss flag", self.cfg.dist_timeout_s):
+                flag = self.accelerator.reduce(flag, reduction="mean")
         return bool(flag.item() == 1.0)
 
     def _train_step(self, batches: Iterator[dict]) -> tuple[torch.Tensor | None, dict]:
@@ -166,7 +185,8 @@ class Trainer:
                 loss, extras = self.task.training_loss(self.model, batch)
                 if not self._all_finite(loss):
                     return self._skip_step("loss")
-                acc.backward(loss)
+                with named(f"step {self.step + 1}: backward (DDP's gradient all-reduce)", self.cfg.dist_timeout_s):
+                    acc.backward(loss)
                 losses.append(loss.detach())
                 if acc.sync_gradients and self.is_deepspeed:
                     # DeepSpeed clipped and stepped inside `backward`; on a non-finite norm its ZeRO
@@ -204,13 +224,19 @@ class Trainer:
 
     # ---- the loop ----------------------------------------------------------------------------
     def _batches(self) -> Iterator[dict]:
-        return iter(self.task.train_batches(data_seed(self.cfg.seed, self.step)))
+        """The stream started at `data_start` (seeded by it), moved on to `step`: restarted at a periodic
+        checkpoint it starts right there; resumed from a preemption checkpoint it skips what was trained."""
+        batches = iter(self.task.train_batches(data_seed(self.cfg.seed, self.data_start)))
+        for _ in range((self.step - self.data_start) * self.cfg.grad_accum):
+            next(batches)
+        return batches
 
     def _log(self, losses: list[torch.Tensor], extras: dict, t0: float, samples: int) -> None:
         acc = self.accelerator
         mean_loss = torch.stack(losses).mean().reshape(1) if losses else torch.full((1,), float("nan"))
         if acc.num_processes > 1:
-            mean_loss = acc.reduce(mean_loss.to(acc.device), reduction="mean")
+            with named(f"step {self.step}: the all-reduce of the logged loss", self.cfg.dist_timeout_s):
+                mean_loss = acc.reduce(mean_loss.to(acc.device), reduction="mean")
         record = {"step": self.step, "loss": float(mean_loss), "lr": self.scheduler.get_last_lr()[0],
                   "samples_per_s": samples / max(time.perf_counter() - t0, 1e-9),
                   "bad_steps": self.bad_total, "skipped_samples": self.skipped_samples,
@@ -249,30 +275,45 @@ class Trainer:
         self.logger.log(self._start_record())
         self.task.after_optimizer_step(acc.unwrap_model(self.model), self.step)
         try:
-            while self.step < cfg.steps:
-                loss, extras = self._train_step(batches)
-                self.step += 1
-                window += global_batch
-                if loss is not None:
-                    losses.append(loss)
-                self.bar.update(1)
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                    self._log(losses, extras, t0, window)
-                    losses, t0, window = [], time.perf_counter(), 0
-                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
-                    self._evaluate()
-                if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.steps:
-                    self.save()
-                    batches = self._batches()  # restart the stream where a resume would restart it
+            with PreemptionWatch(cfg.dist_timeout_s) as preemption:
+                while self.step < cfg.steps:
+                    loss, extras = self._train_step(batches)
+                    self.step += 1
+                    window += global_batch
+                    if loss is not None:
+                        losses.append(loss)
+                    self.bar.update(1)
+                    if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                        self._log(losses, extras, t0, window)
+                        losses, t0, window = [], time.perf_counter(), 0
+                    if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
+                        self._evaluate()
+                    saved = None
+                    if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.steps:
+                        self.data_start = self.step  # restart the stream where a resume would restart it
+                        saved = self.save()
+                        batches = self._batches()
+                    signal_name = preemption.agreed(self.step)
+                    if signal_name is not None:
+                        self._stop(signal_name, saved if saved is not None else self.save())
             self._evaluate(final=True)
             self.save()
+        except CollectiveError:
+            self.peers_lost = True
+            raise
         finally:
             self.bar.close()
             self.logger.close()
         return self.run_dir
 
+    def _stop(self, signal_name: str, checkpoint: Path | None) -> None:
+        """Preempted: log why, then raise `Preempted` (the CLI exits with the requeue status)."""
+        self.logger.log({"step": self.step, "event": "preempted", "signal": signal_name,
+                         "checkpoint": str(checkpoint) if checkpoint is not None else None})
+        raise Preempted(self.step, signal_name, checkpoint)
+
     def close(self) -> None:
-        shutdown(self.accelerator, self.model)
+        shutdown(self.accelerator, self.model, wait_for_peers=not self.peers_lost)
         del self.model, self.optimizer
         gc.collect()
 
