@@ -89,6 +89,15 @@ class LinearTask:
                   str(Path(out_dir) / "model.safetensors"))
 
 
+def run_linear(out: Path, *overrides: str, resume: str | None = None) -> list[dict]:
+    """Train the linear task in this process into `out`; returns its metrics records."""
+    from common.artifacts import read_metrics
+    from common.train.engine import train
+    cfg = load_config(LinearConfig, None, [f"train.output_dir={out}", *overrides])
+    train(cfg, lambda run: LinearTask(cfg, run), resume=resume)
+    return read_metrics(out)
+
+
 def main(argv: list[str]) -> int:
     from common.train.cli import exit_status
     from common.train.engine import train
