@@ -40,3 +40,21 @@ def fmnist_shards(tmp_path_factory) -> Path:
 def stage2_overrides(fmnist_shards, tmp_path) -> list[str]:
     return [f"data.train_shards={fmnist_shards / 'train'}", f"data.eval_shards={fmnist_shards / 'test'}",
             f"train.output_dir={tmp_path / 'run'}", *TINY_STAGE2]
+
+
+@pytest.fixture(scope="session")
+def uninterrupted_linear_run(tmp_path_factory):
+    """nproc → the linear task's `LINEAR_RUN` trained without interruption on nproc processes (made once
+    per session): what every fault-and-resume test of that run must reproduce bit for bit."""
+    import subprocess
+    from tests.launch import LINEAR_RUN, ROOT, linear_run, subprocess_env
+    made: dict[int, Path] = {}
+
+    def get(nproc: int) -> Path:
+        if nproc not in made:
+            out = tmp_path_factory.mktemp(f"uninterrupted_{nproc}") / "run"
+            subprocess.run(linear_run(nproc, out, *LINEAR_RUN), cwd=ROOT, env=subprocess_env(), check=True,
+                           capture_output=True, timeout=600)
+            made[nproc] = out
+        return made[nproc]
+    return get
