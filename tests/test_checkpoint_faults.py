@@ -7,6 +7,7 @@ import errno
 import logging
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from common.artifacts import complete_checkpoints, damaged_files
 from common.config.schema import ConfigError
 from common.train import checkpoint as ckpt
 from common.train.checkpoint_write import CheckpointWriteError, describe_write_error
+from common.train.preemption import REQUEUE_EXIT_STATUS
 from tests.run_records import assert_resumed_exactly, assert_same_weights, losses
 from tests.tasks import linear_task
 from tests.tasks.linear_task import Crash, run_linear
@@ -109,6 +111,19 @@ def test_torch_reports_a_full_disk_without_errno_so_a_probe_write_finds_it(tmp_p
     assert describe_write_error(torch_on_full_disk, tmp_path) == f"{tmp_path}: {ENOSPC_LINE}"
     assert not (tmp_path / ".write_probe").exists()  # the probe cleaned up; now a disk with room:
     assert describe_write_error(torch_on_full_disk, tmp_path).startswith(f"{tmp_path}: errno unknown (RuntimeError")
+
+
+def test_sigterm_checkpoints_at_that_step_exits_75_and_resumes_exactly(reference, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert linear_task.main([str(out), *RUN, "signal_at_step=3"]) == REQUEUE_EXIT_STATUS
+    assert capsys.readouterr().err.strip() == (f"preempted: stopped at step 3 on SIGTERM: checkpoint "
+                                               f"{out / 'checkpoints' / 'step_00000003'} written — requeue the "
+                                               "same command with --resume auto (exit status 75)")
+    assert [p.name for p in complete_checkpoints(out)] == ["step_00000002", "step_00000003"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the engine's handler is gone with the run
+    assert linear_task.main([str(out), *RUN, "--resume", "auto"]) == 0
+    # step 3 is no periodic checkpoint: the resumed stream is the one started at step 2, moved on by a step
+    assert_resumed_exactly(out, reference, from_step=3)
 
 
 # ---- damaged after it was written ----------------------------------------------------------------

@@ -274,34 +274,35 @@ class Trainer:
         batches, losses, t0, window = self._batches(), [], time.perf_counter(), 0
         self.logger.log(self._start_record())
         self.task.after_optimizer_step(acc.unwrap_model(self.model), self.step)
+        preemption = PreemptionWatch(cfg.dist_timeout_s).start()
         try:
-            with PreemptionWatch(cfg.dist_timeout_s) as preemption:
-                while self.step < cfg.steps:
-                    loss, extras = self._train_step(batches)
-                    self.step += 1
-                    window += global_batch
-                    if loss is not None:
-                        losses.append(loss)
-                    self.bar.update(1)
-                    if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                        self._log(losses, extras, t0, window)
-                        losses, t0, window = [], time.perf_counter(), 0
-                    if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
-                        self._evaluate()
-                    saved = None
-                    if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.steps:
-                        self.data_start = self.step  # restart the stream where a resume would restart it
-                        saved = self.save()
-                        batches = self._batches()
-                    signal_name = preemption.agreed(self.step)
-                    if signal_name is not None:
-                        self._stop(signal_name, saved if saved is not None else self.save())
+            while self.step < cfg.steps:
+                loss, extras = self._train_step(batches)
+                self.step += 1
+                window += global_batch
+                if loss is not None:
+                    losses.append(loss)
+                self.bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    self._log(losses, extras, t0, window)
+                    losses, t0, window = [], time.perf_counter(), 0
+                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
+                    self._evaluate()
+                saved = None
+                if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.steps:
+                    self.data_start = self.step  # restart the stream where a resume would restart it
+                    saved = self.save()
+                    batches = self._batches()
+                signal_name = preemption.agreed(self.step)
+                if signal_name is not None:
+                    self._stop(signal_name, saved if saved is not None else self.save())
             self._evaluate(final=True)
             self.save()
         except CollectiveError:
             self.peers_lost = True
             raise
         finally:
+            preemption.stop()
             self.bar.close()
             self.logger.close()
         return self.run_dir

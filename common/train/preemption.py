@@ -31,8 +31,8 @@ class Preempted(Exception):
 
 
 class PreemptionWatch:
-    """While entered, PREEMPT_SIGNALS only set a flag (the previous handlers come back on exit);
-    `agreed()` is the vote every rank takes at the end of each step."""
+    """Between `start()` and `stop()`, PREEMPT_SIGNALS only set a flag (the previous handlers come back
+    at `stop()`); `agreed()` is the vote every rank takes at the end of each step."""
 
     def __init__(self, timeout_s: float):
         self.timeout_s = timeout_s
@@ -45,13 +45,13 @@ class PreemptionWatch:
                         signal.Signals(signum).name)
         self.received = signum
 
-    def __enter__(self) -> "PreemptionWatch":
+    def start(self) -> "PreemptionWatch":
         if threading.current_thread() is threading.main_thread():  # Python handles signals there only
             for sig in PREEMPT_SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def stop(self) -> None:
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)
         self._previous.clear()

@@ -7,6 +7,8 @@ with the CLI's status (`common.train.cli.exit_status`, one line on stderr for a 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -35,6 +37,7 @@ class LinearConfig:
     stall_at_step: int = 0  # >0: rank `stall_rank` sleeps `stall_s` seconds inside this step (a hung rank)
     stall_rank: int = 1
     stall_s: float = 0.0
+    signal_at_step: int = 0  # >0: the process sends itself SIGTERM inside this step (a preemption)
 
 
 class Crash(RuntimeError):
@@ -66,6 +69,8 @@ class LinearTask:
             time.sleep(self.cfg.step_sleep)
         if self.step == self.cfg.stall_at_step and self.run.rank == self.cfg.stall_rank:
             time.sleep(self.cfg.stall_s)
+        if self.step == self.cfg.signal_at_step:
+            os.kill(os.getpid(), signal.SIGTERM)
         loss = nn.functional.mse_loss(model(batch["x"]), batch["y"])
         if self.step in self.cfg.nan_at_steps:
             loss = loss * float("nan")
