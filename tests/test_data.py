@@ -3,17 +3,22 @@ from __future__ import annotations
 
 import functools
 import itertools
+import multiprocessing
+import os
 import shutil
+import signal
+import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import torch
 from webdataset import tariterators
 from PIL import Image
 
 from common.config.schema import ConfigError
-from common.data import shard_list, streams
+from common.data import samples, shard_list, streams
 from common.datasets.shard_writer import Record, _NoBar, encode_png, write_split
 
 N_SHARDS, PER_SHARD = 4, 10  # sample id i: an 8×8 gray image filled with value i, class i % 3
@@ -230,3 +235,46 @@ def test_a_rank_with_no_readable_shard_left_stops_with_one_line_naming_them(tmp_
     message = str(stopped.value)
     assert "\n" not in message and message.startswith("rank 0, loader worker 0: no readable shard left")
     assert all(url in message for url in urls)
+
+
+def test_loader_workers_outlive_a_stop_signal_while_training(shards):
+    # SLURM signals every process of a job step: the training process finishes its step and checkpoints
+    # (common.train.preemption), so its loader workers must keep serving batches until then
+    before = set(psutil.Process().children())
+    stream = iter(train_loader(shards, num_workers=1))
+    next(stream)
+    (worker,) = set(psutil.Process().children()) - before
+    samples.shield_loader_workers(True)  # what the training loop does while it runs
+    try:
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            worker.send_signal(sig)
+        assert len(ids([next(stream) for _ in range(4)])) == 32
+        assert worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE
+    finally:
+        samples.shield_loader_workers(False)
+    del stream  # shut down as usual
+
+
+def _worker_that_ignores_stop_signals_while_training(ready) -> None:
+    samples.ignore_stop_signals_while_training()
+    ready.set()
+    time.sleep(60)
+
+
+def test_after_training_a_worker_stops_on_a_stop_signal_again():
+    # else a loader left open at exit could not terminate its workers, and the exit would wait for them
+    fork = multiprocessing.get_context("fork")
+    ready = fork.Event()
+    worker = fork.Process(target=_worker_that_ignores_stop_signals_while_training, args=(ready,))
+    samples.shield_loader_workers(True)
+    try:
+        worker.start()
+        assert ready.wait(timeout=60)
+        os.kill(worker.pid, signal.SIGTERM)
+        worker.join(timeout=1.0)
+        assert worker.is_alive()
+    finally:
+        samples.shield_loader_workers(False)
+    os.kill(worker.pid, signal.SIGTERM)
+    worker.join(timeout=30)
+    assert worker.exitcode == -signal.SIGTERM

@@ -31,7 +31,8 @@ import torch
 import webdataset as wds
 from webdataset.tariterators import tarfile_samples
 
-from common.data.samples import MapSample, SkipCounter, PrivateRNG, batches, decode_and_map
+from common.data.samples import (MapSample, PrivateRNG, SkipCounter, batches, decode_and_map,
+                                 ignore_stop_signals_while_training)
 from common.data.shard_list import shard_sizes
 
 ERROR_KEY = "__no_readable_shard__"
@@ -108,6 +109,7 @@ class TrainStream(torch.utils.data.IterableDataset):
         if torch.utils.data.get_worker_info() is not None:
             rng.install()  # this process's globals are the stream's own: no per-sample swap needed
             rng = None
+            ignore_stop_signals_while_training()
         mapped = decode_and_map(samples, self.map_sample, counter, rng)
         yield from batches(mapped, self.batch_size, partial=False)
 
@@ -171,6 +173,7 @@ class EvalStream(torch.utils.data.IterableDataset):
         worker = torch.utils.data.get_worker_info()
         if worker is not None:  # worker w decodes the rank's samples w, w+n, …; reading tar bytes is cheap
             raw = itertools.islice(raw, worker.id, None, worker.num_workers)
+            ignore_stop_signals_while_training()
         mapped = decode_and_map(raw, self.map_sample, counter)
         return batches(mapped, self.batch_size, partial=True)
 

@@ -271,11 +271,12 @@ class Trainer:
         self.bar = tqdm(total=cfg.steps, initial=self.step, desc=str(self.run_dir), dynamic_ncols=True,
                         disable=not (self.is_main and cfg.progress))
         global_batch = self.run.global_batch
-        batches, losses, t0, window = self._batches(), [], time.perf_counter(), 0
-        self.logger.log(self._start_record())
-        self.task.after_optimizer_step(acc.unwrap_model(self.model), self.step)
+        # before the data stream starts: its loader workers, forked later, inherit the handlers
         preemption = PreemptionWatch(cfg.dist_timeout_s).start()
         try:
+            batches, losses, t0, window = self._batches(), [], time.perf_counter(), 0
+            self.logger.log(self._start_record())
+            self.task.after_optimizer_step(acc.unwrap_model(self.model), self.step)
             while self.step < cfg.steps:
                 loss, extras = self._train_step(batches)
                 self.step += 1

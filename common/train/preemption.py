@@ -13,10 +13,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from common.data.samples import STOP_SIGNALS, shield_loader_workers
 from common.train.collectives import max_over_ranks
 
 log = logging.getLogger("evaclip")
-PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+PREEMPT_SIGNALS = STOP_SIGNALS  # SIGTERM, SIGUSR1 (loader workers ignore them meanwhile: common.data.samples)
 REQUEUE_EXIT_STATUS = 75  # EX_TEMPFAIL (sysexits.h): a temporary failure, to be retried
 
 
@@ -49,11 +50,14 @@ class PreemptionWatch:
         if threading.current_thread() is threading.main_thread():  # Python handles signals there only
             for sig in PREEMPT_SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
+            shield_loader_workers(True)
         return self
 
     def stop(self) -> None:
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)
+        if self._previous:
+            shield_loader_workers(False)
         self._previous.clear()
 
     def agreed(self, step: int) -> str | None:
