@@ -4,7 +4,8 @@
     RUN/metrics.jsonl                 one JSON record per line                MetricsFile
     RUN/tensorboard/                  TensorBoard scalars (common.train.metrics)
     RUN/checkpoints/step_XXXXXXXX/    accelerate's state + the weights below + engine_state.json, written
-                                      last: a folder without it is never resumed from     EngineState
+                                      last: a folder without it is never resumed from     EngineState;
+                                      it lists every other file's size and sha256: damaged_files
     RUN/student_trunk.safetensors     stage 1: the timm trunk, metadata `TrunkInfo`  write_trunk / read_trunk_info
     RUN/model.safetensors             stage 2: the CLIP in open_clip's key layout  write_clip / load_weights
     RUN/open_clip_config.json         stage 2: open_clip's model_cfg, preprocess_cfg + `ClipInfo`  ClipConfig
@@ -14,22 +15,28 @@ The weights files sit at the run's top level (newest) and inside every checkpoin
 the run a weights file belongs to and `RunSummary` reads what the run says about itself (config, evals).
 An export folder (`common.export`) holds `open_clip_config.json` + `open_clip_model.safetensors` in
 open_clip's own layout.
-Files from elsewhere load through `load_weights` (safetensors, or torch with `weights_only=True`).
+Files from elsewhere load through `load_weights` (safetensors, or torch with `weights_only=True`);
+`require_tensors_only` refuses a pickle that would import anything but tensors and plain data.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import pickle
+import pickletools
 import re
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from common.config.schema import build, load_config, read_yaml, to_dict
+from common.config.schema import ConfigError, build, load_config, read_yaml, to_dict
 from common.config.sections import DataConfig, TrainConfig
 
 CONFIG_FILE = "config.yaml"
@@ -150,14 +157,20 @@ def run_folder_of(weights_file: str | Path) -> Path:
 
 @dataclass
 class EngineState:
-    """What the engine keeps beside accelerate's state; its file marks a checkpoint complete."""
+    """What the engine keeps beside accelerate's state; its file, written last, marks a checkpoint complete
+    and lists every other file of the checkpoint (`files`: relative path → {"bytes", "sha256"})."""
     step: int
     bad_steps: int = 0
     skipped_samples: int = 0
     schedule: dict[str, int] = field(default_factory=dict)  # {"steps", "global_batch"} it was trained with
     source_draws: dict[str, int] = field(default_factory=dict)  # samples drawn per training source, all ranks
+    scheduler: dict[str, Any] = field(default_factory=dict)  # the LR scheduler's state_dict (plain JSON)
+    data_start: Optional[int] = None  # step whose seed started the data stream (None: `step`)
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)  # the manifest (`file_manifest`)
 
     def write(self, checkpoint: Path) -> None:
+        """Write the marker; `files` is filled with the manifest of everything already in `checkpoint`."""
+        self.files = file_manifest(checkpoint)
         (Path(checkpoint) / ENGINE_STATE_FILE).write_text(json.dumps(dataclasses.asdict(self)))
 
     @classmethod
@@ -166,24 +179,124 @@ class EngineState:
         return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values})
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)  # releases the GIL: files hash in parallel threads
+    return digest.hexdigest()
+
+
+def _hash_all(paths: Iterable[Path]) -> list[str]:
+    paths = list(paths)
+    with ThreadPoolExecutor(max_workers=min(8, max(1, len(paths)))) as pool:
+        return list(pool.map(_sha256, paths))
+
+
+def file_manifest(folder: str | Path) -> dict[str, dict[str, Any]]:
+    """Size (bytes) and sha256 of every file under `folder` but the completion marker, by relative path."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != ENGINE_STATE_FILE)
+    return {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": digest}
+            for p, digest in zip(files, _hash_all(files))}
+
+
+def damaged_files(checkpoint: str | Path) -> list[str]:
+    """What no longer matches the manifest of a complete checkpoint, one phrase per file ([] when intact):
+    a missing file, another size (truncated), another sha256 (bit flips). A checkpoint written before
+    manifests existed, or whose marker does not parse, counts as damaged (it cannot be verified)."""
+    checkpoint = Path(checkpoint)
+    try:
+        manifest = EngineState.read(checkpoint).files
+    except (OSError, ValueError, TypeError) as err:
+        return [f"{ENGINE_STATE_FILE} unreadable ({type(err).__name__})"]
+    if not manifest:
+        return [f"{ENGINE_STATE_FILE} lists no files (written before checkpoints carried a manifest)"]
+    problems, present = [], []
+    for name, expected in manifest.items():
+        path = checkpoint / name
+        if not path.is_file():
+            problems.append(f"{name} is missing")
+        elif path.stat().st_size != expected["bytes"]:
+            problems.append(f"{name} has {path.stat().st_size} bytes, the manifest says {expected['bytes']}")
+        else:
+            present.append((name, path))
+    for (name, _), digest in zip(present, _hash_all(p for _, p in present)):
+        if digest != manifest[name]["sha256"]:
+            problems.append(f"{name} does not match its sha256 in the manifest")
+    return problems
+
+
 # ---- weights -------------------------------------------------------------------------------------
 def _fp32_cpu(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().float().contiguous().cpu() for k, v in state_dict.items()}
 
 
+class UnsafeFileError(ConfigError):
+    """A weights or checkpoint file that is not tensors-only: unpickling it would import (and could run)
+    other code. One line, naming the file and what it would import."""
+
+
+def _unsafe_globals(path: Path) -> list[str]:
+    """The globals (module.name) a torch file would import beyond weights_only's, read without running it:
+    torch's own scan for its zip format, the pickle opcodes (`pickletools`) for a bare pickle."""
+    if zipfile.is_zipfile(path):
+        return torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    found, strings = [], []
+    try:
+        for opcode, arg, _ in pickletools.genops(path.read_bytes()):
+            if opcode.name == "GLOBAL":
+                found.append(str(arg).replace(" ", "."))
+            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.append(f"{strings[-2]}.{strings[-1]}")
+            elif isinstance(arg, str):
+                strings.append(arg)
+    except Exception:  # noqa: BLE001 - a damaged pickle: report what was found before the damage
+        pass
+    return found
+
+
+def _refused(path: Path, err: Exception) -> ConfigError:
+    """The one-line error for a torch file that did not load under `weights_only=True`."""
+    if isinstance(err, pickle.UnpicklingError):
+        imports = _unsafe_globals(path)
+        what = f"would import {', '.join(imports)}" if imports else "is not a tensors-only pickle"
+        return UnsafeFileError(f"'{path}' {what} — refused, nothing in it was run: only safetensors or plain "
+                               "tensor state dicts load here (re-save it with safetensors)")
+    text = " ".join(str(err).split())
+    return ConfigError(f"cannot read weights file '{path}' ({type(err).__name__}: {text[:200]}) — is it a "
+                       "complete safetensors/PyTorch state dict?")
+
+
+def _torch_load_tensors_only(path: Path, allowed: Iterable[Any] = ()) -> Any:
+    mmap = zipfile.is_zipfile(path)  # the zip format maps tensor data instead of reading it
+    with torch.serialization.safe_globals(list(allowed)):
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+
+
+def require_tensors_only(path: str | Path, allowed: Iterable[Any] = ()) -> None:
+    """`UnsafeFileError` unless the torch file `path` loads with `weights_only=True` (tensors, plain
+    containers and numbers, plus the `allowed` globals); nothing in it is run. safetensors pass as they are."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return
+    try:
+        _torch_load_tensors_only(path, allowed)
+    except Exception as err:  # noqa: BLE001 - any failure means it cannot be trusted as tensors
+        raise _refused(path, err) from err
+
+
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from a file we did not write in this process: safetensors, or torch with
-    `weights_only=True`. Errors name the file and what was wrong."""
+    `weights_only=True` (a pickle that would run code: `UnsafeFileError`). Errors are one `ConfigError` line
+    naming the file and what was wrong."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file '{path}' not found")
     try:
-        if path.suffix == ".safetensors":
-            return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any parse failure means a corrupt or foreign file
-        raise ValueError(f"cannot read weights file '{path}' ({type(err).__name__}: {err}) — "
-                         "is it a complete safetensors/PyTorch state dict?") from err
+        state = load_file(str(path)) if path.suffix == ".safetensors" else _torch_load_tensors_only(path)
+    except Exception as err:  # noqa: BLE001 - any parse failure means a corrupt, foreign or unsafe file
+        raise _refused(path, err) from err
     for key in ("state_dict", "model", "module"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -10,6 +10,7 @@ Frozen: no grads, eval mode, never in the optimizer, never saved with the studen
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Sequence
 
 import open_clip
@@ -17,14 +18,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.artifacts import require_tensors_only
 from common.config.schema import ConfigError
 from common.train.compile import compile_in_place
 
 log = logging.getLogger("evaclip")
 
 
+def _require_tensors_only_teacher(model: str, weights: str) -> None:
+    """The teacher's torch pickles must hold tensors only (`UnsafeFileError`, one line), checked before
+    open_clip builds anything: `teacher.weights`, and the pickles of a `local-dir:` folder."""
+    files = [Path(weights)] if weights else []
+    if model.startswith("local-dir:"):
+        folder = Path(model[len("local-dir:"):])
+        files += sorted(p for p in folder.glob("*") if p.suffix in (".bin", ".pt", ".pth") and p.is_file())
+    for file in files:
+        if file.is_file():
+            require_tensors_only(file)
+
+
 def load_open_clip(model: str, weights: str = "") -> tuple[nn.Module, dict]:
     """(model, preprocess_cfg) from a `local-dir:` folder or a built-in name + local weights file."""
+    _require_tensors_only_teacher(model, weights)
     if model.startswith("local-dir:"):
         clip = open_clip.create_model(model)
     else:

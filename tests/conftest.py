@@ -79,3 +79,21 @@ def caption_shards(tmp_path_factory) -> Path:
         captions = [f"a {CLASSNAMES[int(labels[i])].lower()} on a plain background, item {i}" for i in range(count)]
         write_img2dataset_shards(root / split, images, captions, per_shard=16)
     return root
+
+
+@pytest.fixture(scope="session")
+def uninterrupted_linear_run(tmp_path_factory):
+    """nproc → the linear task's `LINEAR_RUN` trained without interruption on nproc processes (made once
+    per session): what every fault-and-resume test of that run must reproduce bit for bit."""
+    import subprocess
+    from tests.launch import LINEAR_RUN, ROOT, linear_run, subprocess_env
+    made: dict[int, Path] = {}
+
+    def get(nproc: int) -> Path:
+        if nproc not in made:
+            out = tmp_path_factory.mktemp(f"uninterrupted_{nproc}") / "run"
+            subprocess.run(linear_run(nproc, out, *LINEAR_RUN), cwd=ROOT, env=subprocess_env(), check=True,
+                           capture_output=True, timeout=600)
+            made[nproc] = out
+        return made[nproc]
+    return get

@@ -2,12 +2,8 @@
 can foresee is one line on stderr with exit status 2 (never a traceback)."""
 from __future__ import annotations
 
-import os
-import pickle
-
 import pytest
 
-from common.artifacts import complete_checkpoints
 from common.train.cli import parse_cli
 from stage1_mim.train import main as stage1_main
 from stage2_contrastive.train import main as stage2_main
@@ -47,26 +43,3 @@ def test_xformers_without_cuda_is_one_line_at_load_time(stage2_overrides, capsys
 def test_too_little_data_for_one_global_batch_is_one_line(stage2_overrides, capsys):
     assert stage2_main(["--config", CONFIG, *stage2_overrides, "train.batch_size=100000"]) == 2
     assert "fewer than one global batch" in one_line_error(capsys)
-
-
-class _Payload:
-    """Unpickling this would create a file: a checkpoint must never run it."""
-
-    def __init__(self, marker: str):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.makedirs, (self.marker,))
-
-
-def test_poisoned_resume_checkpoint_is_one_line_and_runs_nothing(stage2_overrides, tmp_path, capsys):
-    args = ["--config", CONFIG, *stage2_overrides, "train.steps=1"]
-    assert stage2_main(args) == 0
-    capsys.readouterr()
-    checkpoint = complete_checkpoints(tmp_path / "run")[-1]
-    marker = tmp_path / "payload_ran"
-    (checkpoint / "optimizer.bin").write_bytes(pickle.dumps(_Payload(str(marker))))
-    assert stage2_main([*args, "--resume", str(checkpoint)]) == 2
-    err = one_line_error(capsys)
-    assert f"--resume {checkpoint}: cannot load this checkpoint" in err
-    assert not marker.exists()

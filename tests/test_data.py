@@ -4,16 +4,22 @@ from __future__ import annotations
 import functools
 import io
 import itertools
+import multiprocessing
+import os
 import shutil
+import signal
+import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import torch
+from webdataset import tariterators
 from PIL import Image
 
 from common.config.schema import ConfigError
-from common.data import shard_list, streams
+from common.data import samples, shard_list, streams
 from common.datasets.shard_writer import _NoBar, write_split
 from common.datasets.sources import EncodedImage, Record, encode_png
 
@@ -184,3 +190,104 @@ def test_images_are_decoded_upright_as_their_exif_orientation_says(tmp_path):
     stored = io.BytesIO()
     Image.new("RGB", (40, 20), (200, 0, 0)).save(stored, format="JPEG", exif=exif.tobytes())
     assert _decode({"jpg": stored.getvalue()}).size == (20, 40)
+
+
+# ---- shards that vanish or fail mid-run ----------------------------------------------------------
+def six_shards(folder: Path) -> list[str]:
+    """6 shards × 10 samples, sample id i in shard i // 10 (what `shard_of` reads back)."""
+    records = [Record(i, functools.partial(_png, i), i % 3) for i in range(60)]
+    write_split(records, folder, "train", PER_SHARD, _NoBar())
+    return shard_list.resolve_shards(str(folder))
+
+
+def shard_of(sample_id: int) -> int:
+    return sample_id // PER_SHARD
+
+
+def test_shards_that_vanish_mid_run_are_skipped_and_the_others_keep_their_order(tmp_path, monkeypatch):
+    urls = six_shards(tmp_path / "shards")
+    kw = {"urls": urls, "shuffle_buffer": 0}  # samples leave in draw order: the order of each shard is visible
+    reference = ids(take(train_loader(tmp_path, **kw), 60))
+    draws = [shard_of(i) for i in reference[::PER_SHARD]]
+    assert all(shard_of(i) == draws[k // PER_SHARD] for k, i in enumerate(reference))  # whole shards, in turn
+    stream = iter(train_loader(tmp_path, **kw))
+    before = ids([next(stream) for _ in range(5)])  # 4 whole draws; the 5th shard is open (read ahead)
+    deleted, denied, truncated = [s for s in dict.fromkeys(draws[5:]) if s != draws[4]][:3]
+    Path(urls[deleted]).unlink()
+    raw = Path(urls[truncated]).read_bytes()
+    Path(urls[truncated]).write_bytes(raw[: len(raw) // 2])  # cut mid-member, as a network mount might
+    real_gopen = tariterators.gopen.gopen  # the module webdataset opens shards with
+
+    def gopen(url, *args, **kwargs):  # the tests may run as root, who may read any file: inject EACCES
+        if url == urls[denied]:
+            raise PermissionError(13, "Permission denied", url)
+        return real_gopen(url, *args, **kwargs)
+
+    monkeypatch.setattr(tariterators.gopen, "gopen", gopen)
+    after_batches = [next(stream) for _ in range(15)]
+    after = ids(after_batches)
+    assert before == reference[:40]
+    intact = lambda i: shard_of(i) not in (deleted, denied, truncated)  # noqa: E731
+    kept = [i for i in after if intact(i)]
+    assert kept == [i for i in reference[40:] if intact(i)][: len(kept)] and len(kept) > 60
+    assert not [i for i in after if shard_of(i) in (deleted, denied)]
+    cut_ids = [i for i in after if shard_of(i) == truncated]
+    assert set(cut_ids) < set(range(truncated * PER_SHARD, (truncated + 1) * PER_SHARD))  # a prefix at most
+    assert sum(int(b["skipped"].sum()) for b in after_batches) >= sum(s in (deleted, denied) for s in draws[5:9])
+
+
+def test_a_rank_with_no_readable_shard_left_stops_with_one_line_naming_them(tmp_path):
+    urls = six_shards(tmp_path / "shards")
+    stream = iter(train_loader(tmp_path, urls=urls, num_workers=1))  # the error crosses the worker boundary
+    next(stream)
+    for url in urls:
+        Path(url).unlink()
+    with pytest.raises(streams.NoReadableShardError) as stopped:
+        for _ in range(100):
+            next(stream)
+    message = str(stopped.value)
+    assert "\n" not in message and message.startswith("rank 0, loader worker 0: no readable shard left")
+    assert all(url in message for url in urls)
+
+
+def test_loader_workers_outlive_a_stop_signal_while_training(shards):
+    # SLURM signals every process of a job step: the training process finishes its step and checkpoints
+    # (common.train.preemption), so its loader workers must keep serving batches until then
+    before = set(psutil.Process().children())
+    stream = iter(train_loader(shards, num_workers=1))
+    next(stream)
+    (worker,) = set(psutil.Process().children()) - before
+    samples.shield_loader_workers(True)  # what the training loop does while it runs
+    try:
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            worker.send_signal(sig)
+        assert len(ids([next(stream) for _ in range(4)])) == 32
+        assert worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE
+    finally:
+        samples.shield_loader_workers(False)
+    del stream  # shut down as usual
+
+
+def _worker_that_ignores_stop_signals_while_training(ready) -> None:
+    samples.ignore_stop_signals_while_training()
+    ready.set()
+    time.sleep(60)
+
+
+def test_after_training_a_worker_stops_on_a_stop_signal_again():
+    # else a loader left open at exit could not terminate its workers, and the exit would wait for them
+    fork = multiprocessing.get_context("fork")
+    ready = fork.Event()
+    worker = fork.Process(target=_worker_that_ignores_stop_signals_while_training, args=(ready,))
+    samples.shield_loader_workers(True)
+    try:
+        worker.start()
+        assert ready.wait(timeout=60)
+        os.kill(worker.pid, signal.SIGTERM)
+        worker.join(timeout=1.0)
+        assert worker.is_alive()
+    finally:
+        samples.shield_loader_workers(False)
+    os.kill(worker.pid, signal.SIGTERM)
+    worker.join(timeout=30)
+    assert worker.exitcode == -signal.SIGTERM

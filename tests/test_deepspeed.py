@@ -11,6 +11,7 @@ trains with contrastive accumulation exactly like the plain run.
 from __future__ import annotations
 
 import math
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any, Callable
@@ -19,10 +20,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from common.artifacts import complete_checkpoints
+from common.artifacts import UnsafeFileError, complete_checkpoints
 from tests.conftest import TINY_STAGE2
 from tests.launch import ROOT, subprocess_env, torchrun
-from tests.run_records import loss_records, start_records
+from tests.run_records import loss_records, losses, start_records
 
 pytestmark = pytest.mark.slow
 CONFIG = "configs/stage2/fmnist_tiny.yaml"
@@ -194,3 +195,29 @@ def test_zero3_offload_with_contrastive_accumulation_trains_like_the_plain_run(p
     for o, p in zip(offloaded, plain):
         assert o["loss"] == pytest.approx(p["loss"], rel=RTOL), o["step"]
         assert o["grad_norm"] == pytest.approx(p["grad_norm"], rel=RTOL), o["step"]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_zero_checkpoints_pass_the_tensors_only_check_and_a_poisoned_one_is_refused(zero_run, stage, tmp_path):
+    # DeepSpeed's load_checkpoint unpickles its files with weights_only=False: the engine checks them first
+    from common.train.checkpoint import require_tensors_only_checkpoint
+    from tests.test_untrusted_files import poison
+    checkpoint = complete_checkpoints(zero_run(stage))[-1]
+    require_tensors_only_checkpoint(checkpoint, deepspeed=True)  # its enums, counters and loss scaler pass
+    copy = tmp_path / "run" / "checkpoints" / checkpoint.name
+    shutil.copytree(checkpoint, copy)
+    marker = tmp_path / "payload_ran"
+    poison(deepspeed_folder(tmp_path / "run") / model_states_file(stage), marker)
+    with pytest.raises(UnsafeFileError, match=f"{model_states_file(stage)}' would import os.makedirs — refused"):
+        require_tensors_only_checkpoint(copy, deepspeed=True)
+    assert not marker.exists()
+
+
+def test_zero2_resumes_exactly_with_the_schedule_from_the_json_marker(tmp_path):
+    args = ("tests.tasks.linear_task", str(tmp_path), "train.steps=4", "train.save_every=2", zero_json(2))
+    run_torchrun(*args)
+    first = losses(tmp_path)
+    run_torchrun(*args, "--resume", str(tmp_path / "checkpoints" / "step_00000002"))
+    starts = [(r["step"], r["resumed_from"] and Path(r["resumed_from"]).name) for r in start_records(tmp_path)]
+    assert starts == [(0, None), (2, "step_00000002")]
+    assert losses(tmp_path) == first  # steps 3 and 4 trained again from the checkpoint: bit for bit

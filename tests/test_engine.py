@@ -4,25 +4,20 @@ from __future__ import annotations
 
 import json
 import subprocess
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from common.artifacts import complete_checkpoints
-from common.config.schema import ConfigError, load_config
-from common.train.engine import NonFiniteError, train
-from common.artifacts import read_metrics
+from common.config.schema import ConfigError
+from common.train.engine import NonFiniteError
 from tests.launch import ROOT, subprocess_env, torchrun
 from tests.run_records import assert_resumed_exactly, losses
-from tests.tasks.linear_task import Crash, LinearConfig, LinearTask
+from tests.tasks.linear_task import Crash, run_linear
 
 
-def run(tmp_path: Path, *overrides: str, resume: str | None = None) -> list[dict]:
-    cfg = load_config(LinearConfig, None, [f"train.output_dir={tmp_path}", *overrides])
-    train(cfg, lambda run: LinearTask(cfg, run), resume=resume)
-    return read_metrics(tmp_path)
+run = run_linear
 
 
 def test_engine_trains_and_writes_run_outputs(tmp_path):

@@ -20,18 +20,9 @@ from PIL import Image
 
 from common.artifacts import complete_checkpoints
 from tests.conftest import TINY_STAGE2
-from tests.launch import ROOT, free_port, subprocess_env, torchrun
+from tests.launch import LINEAR_RUN, ROOT, free_port, linear_run, subprocess_env
 from tests.run_records import assert_resumed_exactly, loss_records, losses, start_records, write_tar
 from tests.conftest import single_process_run
-
-RUN = ["train.steps=12", "train.save_every=3", "step_sleep=0.15"]
-
-
-def launch(nproc: int, out: Path, *args: str) -> list[str]:
-    if nproc == 1:
-        return [sys.executable, "-m", "tests.tasks.linear_task", str(out), *args]
-    return torchrun(nproc, "tests.tasks.linear_task", str(out), *args)
-
 
 def kill_when_logged(proc: subprocess.Popen, run_dir: Path, step: int, timeout: float = 240) -> None:
     """SIGKILL the launcher's process group and every process under it once `step` has been logged
@@ -54,17 +45,16 @@ def kill_when_logged(proc: subprocess.Popen, run_dir: Path, step: int, timeout: 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("nproc", [1, 2])
-def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path, nproc):
+def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path, nproc, uninterrupted_linear_run):
     env = subprocess_env()
-    full = tmp_path / "full"
-    subprocess.run(launch(nproc, full, *RUN), cwd=ROOT, env=env, check=True, capture_output=True, timeout=600)
+    full = uninterrupted_linear_run(nproc)
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(launch(nproc, killed, *RUN), cwd=ROOT, env=env, start_new_session=True,
+    proc = subprocess.Popen(linear_run(nproc, killed, *LINEAR_RUN), cwd=ROOT, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     kill_when_logged(proc, killed, step=8)
     assert proc.returncode == -signal.SIGKILL or proc.returncode != 0
     assert complete_checkpoints(killed)[-1].name == "step_00000006"  # the step-9 one never completed
-    subprocess.run(launch(nproc, killed, *RUN, "--resume", "auto"), cwd=ROOT, env=env, check=True,
+    subprocess.run(linear_run(nproc, killed, *LINEAR_RUN, "--resume", "auto"), cwd=ROOT, env=env, check=True,
                    capture_output=True, timeout=600)
     # the resumed processes began at step 6 with nproc ranks; steps 1..12 logged once, bit-identical (CPU fp32)
     assert_resumed_exactly(killed, full, from_step=6, world_size=nproc)

@@ -17,6 +17,7 @@ CompileMode = Literal["none", "model", "blocks"]  # train.compile: common.train.
 TemplateSetName = Literal["openai", "openai_imagenet", "simple", "simple_imagenet", "short"]
 Interpolation = Literal["bicubic", "bilinear"]  # what open_clip's PreprocessCfg accepts
 ResizeMode = Literal["shortest", "longest", "squash"]
+CheckpointErrors = Literal["stop", "warn"]  # a checkpoint that cannot be written: stop the run, or go on
 
 
 @dataclass
@@ -44,6 +45,8 @@ class TrainConfig:
     deepspeed: str = ""  # a JSON in configs/deepspeed/, e.g. configs/deepspeed/zero2.json
     max_bad_steps: int = field(default=5, metadata={"min": 1})  # consecutive non-finite steps before stopping
     num_threads: int = field(default=0, metadata={"min": 0})  # torch intra-op threads; 0: torch's default
+    checkpoint_errors: CheckpointErrors = "stop"  # a failed checkpoint write (full disk…): stop, or warn and go on
+    dist_timeout_s: float = field(default=1800.0, metadata={"min": 1.0})  # a collective waits this long for a rank
     progress: bool = True  # tqdm progress bar on the main process
     tensorboard: bool = True
 

@@ -17,7 +17,12 @@ caller's RNG is never consumed (the DataLoader gets a private generator for its 
 numpy's legacy global RNG is seeded in workers but not isolated in-process: augment with torch/random.
 One source gives exactly the stream of a plain shard list (the mixer draws nothing).
 
-Bad samples are skipped and counted (`common.data.samples`).
+Bad samples are skipped and counted (`common.data.samples`), and so are shards that vanish or fail
+mid-run (deleted, permission denied, truncated on a network mount): a draw of such a shard counts one
+skip (more for a shard truncated mid-read) and the draw sequence is unchanged, so the stream stays a
+pure function of its seed for the shards that remain. When none of a stream's shards gives a sample
+any more, `NoReadableShardError` (one line naming them) is raised in the training process, also when
+the stream runs in a loader worker.
 """
 from __future__ import annotations
 
@@ -31,8 +36,20 @@ import torch
 import webdataset as wds
 from webdataset.tariterators import tarfile_samples
 
-from common.data.samples import MapSample, SkipCounter, PrivateRNG, batches, decode_and_map
+from common.data.samples import (MapSample, PrivateRNG, SkipCounter, batches, decode_and_map,
+                                 ignore_stop_signals_while_training)
 from common.data.shard_list import shard_sizes
+
+ERROR_KEY = "__no_readable_shard__"
+
+
+class NoReadableShardError(RuntimeError):
+    """None of the shards of a training stream gives a sample; the message is one line naming them."""
+
+
+def _shard_list(shards: list[str], shown: int = 10) -> str:
+    names = ", ".join(shards[:shown])
+    return names if len(shards) <= shown else f"{names} and {len(shards) - shown} more"
 
 
 @dataclass(frozen=True)
@@ -48,14 +65,16 @@ class _Reads:
     read = 0
 
 
-def _resampled(shards: list[str], rng: random.Random, reads: _Reads) -> Iterator[dict[str, str]]:
-    """Shards drawn with replacement forever; raises if many draws in a row give no sample at all."""
+def _resampled(shards: list[str], rng: random.Random, reads: _Reads, where: str) -> Iterator[dict[str, str]]:
+    """Shards drawn with replacement forever; `NoReadableShardError` if many draws in a row give no sample."""
     empty_run, last_read = 0, -1
     limit = max(20, 3 * len(shards))
     while True:
         empty_run = empty_run + 1 if reads.read == last_read else 0
         if empty_run >= limit:
-            raise RuntimeError(f"{limit} shards in a row gave no readable sample — check {shards[:3]} …")
+            raise NoReadableShardError(f"{where}: no readable shard left — {limit} draws in a row from its "
+                                       f"{len(shards)} shards ({_shard_list(shards)}) gave no sample (deleted, "
+                                       "unreadable or truncated?); check data.train_shards and the storage")
         last_read = reads.read
         yield {"url": rng.choice(shards)}
 
@@ -100,19 +119,32 @@ class TrainStream(torch.utils.data.IterableDataset):
         seeds = np.random.SeedSequence(entropy).generate_state(3 + len(self.sources)).tolist()
         return self.rank * workers + worker, self.world_size * workers, seeds
 
-    def _source_samples(self, source: StreamSource, index: int, total: int, seed: int,
-                        counter: SkipCounter) -> Iterator[dict[str, Any]]:
+    def _source_samples(self, source: StreamSource, index: int, total: int, seed: int, counter: SkipCounter,
+                        where: str) -> Iterator[dict[str, Any]]:
         """Raw tar samples of this stream's shards of `source`, resampled forever."""
         urls = list(source.urls)
         shards = urls[index::total] if len(urls) >= total else urls
         reads = _Reads()
-        return _count_reads(tarfile_samples(_resampled(shards, random.Random(seed), reads), handler=counter), reads)
+        label = where if len(self.sources) == 1 else f"{where}, source {source.name}"
+        draws = _resampled(shards, random.Random(seed), reads, label)
+        return _count_reads(tarfile_samples(draws, handler=counter), reads)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        """This stream's batches; a `NoReadableShardError` travels as the last item (`ERROR_KEY`), which
+        `make_train_loader` raises in the training process (a loader worker's exception would arrive there
+        wrapped in its traceback)."""
+        try:
+            yield from self._batches()
+        except NoReadableShardError as err:
+            yield {ERROR_KEY: str(err)}
+
+    def _batches(self) -> Iterator[dict[str, Any]]:
         index, total, (shard_seed, shuffle_seed, rng_seed, *more_seeds) = self.stream()
+        info = torch.utils.data.get_worker_info()
+        where = f"rank {self.rank}" + (f", loader worker {info.id}" if info is not None else "")
         counter = SkipCounter([url for source in self.sources for url in source.urls])
         shard_seeds = [shard_seed, *more_seeds[:len(self.sources) - 1]]
-        raw = [self._source_samples(source, index, total, seed, counter)
+        raw = [self._source_samples(source, index, total, seed, counter, where)
                for source, seed in zip(self.sources, shard_seeds)]
         samples = raw[0] if len(raw) == 1 else _mixed(raw, [s.weight for s in self.sources],
                                                       [s.name for s in self.sources], random.Random(more_seeds[-1]))
@@ -123,8 +155,16 @@ class TrainStream(torch.utils.data.IterableDataset):
         if torch.utils.data.get_worker_info() is not None:
             rng.install()  # this process's globals are the stream's own: no per-sample swap needed
             rng = None
+            ignore_stop_signals_while_training()
         mapped = decode_and_map(samples, self.map_sample, counter, rng)
-        return batches(mapped, self.batch_size, partial=False)
+        yield from batches(mapped, self.batch_size, partial=False)
+
+
+def _raising_errors(loader: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    for batch in loader:
+        if ERROR_KEY in batch:
+            raise NoReadableShardError(batch[ERROR_KEY])
+        yield batch
 
 
 def make_train_loader(shards: Union[Sequence[str], Sequence[StreamSource]], map_sample: MapSample,
@@ -140,8 +180,9 @@ def make_train_loader(shards: Union[Sequence[str], Sequence[StreamSource]], map_
         raise FileNotFoundError("make_train_loader got no shards — check data.train_shards")
     dataset = TrainStream(sources, map_sample, batch_size, seed, rank, world_size, shuffle_buffer)
     generator = torch.Generator().manual_seed(seed % 2**63)  # DataLoader draws a base seed: not from ours
-    return wds.WebLoader(dataset, batch_size=None, num_workers=num_workers, generator=generator,
-                         persistent_workers=persistent_workers and num_workers > 0)
+    loader = wds.WebLoader(dataset, batch_size=None, num_workers=num_workers, generator=generator,
+                           persistent_workers=persistent_workers and num_workers > 0)
+    return _raising_errors(loader)
 
 
 class EvalStream(torch.utils.data.IterableDataset):
@@ -181,6 +222,7 @@ class EvalStream(torch.utils.data.IterableDataset):
         worker = torch.utils.data.get_worker_info()
         if worker is not None:  # worker w decodes the rank's samples w, w+n, …; reading tar bytes is cheap
             raw = itertools.islice(raw, worker.id, None, worker.num_workers)
+            ignore_stop_signals_while_training()
         mapped = decode_and_map(raw, self.map_sample, counter)
         return batches(mapped, self.batch_size, partial=True)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import os
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -46,7 +47,9 @@ def make_accelerator(cfg: TrainConfig):
         torch.set_num_threads(cfg.num_threads)
     on_cpu = not torch.cuda.is_available()
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    handlers = [InitProcessGroupKwargs(backend="gloo")] if on_cpu and distributed else []
+    # train.dist_timeout_s: how long a collective waits for a rank that stopped answering
+    group = {"backend": "gloo"} if on_cpu else {}
+    handlers = [InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.dist_timeout_s), **group)] if distributed else []
     kwargs: dict[str, Any] = {}
     if cfg.deepspeed:
         _prepare_deepspeed_env()
@@ -79,9 +82,12 @@ def run_context(accelerator: Any, cfg: TrainConfig) -> RunContext:
                       compile_backend=cfg.compile_backend)
 
 
-def shutdown(accelerator: Any, model: Any) -> None:
+def shutdown(accelerator: Any, model: Any, wait_for_peers: bool = True) -> None:
     """Tear down cleanly: without the barrier, engine destroy and collection first, ZeRO-3 aborts at exit in
-a third to a half of CPU runs (`terminate called without an active exception`)."""
+    a third to a half of CPU runs (`terminate called without an active exception`). After a collective
+    failed (`wait_for_peers=False`: a rank hung or died) nothing waits for the other ranks."""
+    if not wait_for_peers:
+        return  # the process exits with its error; a barrier would wait out the timeout once more
     accelerator.wait_for_everyone()
     if hasattr(model, "destroy"):  # a DeepSpeed engine
         model.destroy()

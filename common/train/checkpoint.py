@@ -1,31 +1,98 @@
-"""Training checkpoints: atomic writes (temp folder + completion marker + rename), `keep_last` rotation,
-`--resume` resolution and the same-schedule rule. Folder names and files: `common.artifacts`."""
+"""Training checkpoints: atomic writes (temp folder + completion marker with a manifest + rename),
+`keep_last` rotation, `--resume` resolution (verified against the manifest, with fallback for 'auto'),
+the same-schedule rule and the tensors-only check of every pickle before anything loads it. Folder names
+and files: `common.artifacts`; writing with failure handling: `common.train.checkpoint_write`."""
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
-from common.artifacts import CHECKPOINTS_DIR, ENGINE_STATE_FILE, EngineState, complete_checkpoints, is_checkpoint
+from common.artifacts import (CHECKPOINTS_DIR, ENGINE_STATE_FILE, EngineState, complete_checkpoints,
+                              damaged_files, is_checkpoint, require_tensors_only)
 from common.config.schema import ConfigError
+
+log = logging.getLogger("evaclip")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl")  # what accelerate and DeepSpeed write with torch.save
 
 
 def temp_path(final: Path) -> Path:
     return final.with_name(final.name + ".tmp")
 
 
+def _verified(path: Path) -> Path:
+    problems = damaged_files(path)
+    if problems:
+        raise ConfigError(f"--resume {path}: the checkpoint is damaged ({'; '.join(problems[:3])}) — resume "
+                          f"from an earlier one (--resume auto picks the newest intact one) or train into a "
+                          "new train.output_dir")
+    return path
+
+
 def resolve_resume(spec: str, output_dir: str | Path) -> Path | None:
-    """`--resume` → a checkpoint folder: 'auto' (newest in output_dir, or None to start fresh: what a
-    requeued job wants), a run folder, or a checkpoint folder."""
+    """`--resume` → a verified checkpoint folder. A checkpoint folder must match its manifest (else a
+    one-line `ConfigError`); 'auto' (newest in output_dir, or None to start fresh: what a requeued job
+    wants) and a run folder take the newest complete checkpoint that matches, saying which were damaged."""
     path = Path(output_dir if spec == "auto" else spec)
     if is_checkpoint(path):
-        return path
+        return _verified(path)
     found = complete_checkpoints(path)
     if not found and spec == "auto":
         return None
     if not found:
         raise ConfigError(f"--resume: no complete checkpoint under '{path}' — train first, or pass a run "
                           f"folder holding {CHECKPOINTS_DIR}/step_*/{ENGINE_STATE_FILE}")
-    return found[-1]
+    for candidate in reversed(found):
+        problems = damaged_files(candidate)
+        if not problems:
+            return candidate
+        log.warning("checkpoint %s is damaged (%s): falling back to the one before it", candidate,
+                    "; ".join(problems[:3]))
+    raise ConfigError(f"--resume {spec}: all {len(found)} checkpoints under '{path}' are damaged (see the "
+                      "warnings above) — nothing to resume from; train into a new train.output_dir")
+
+
+def agreed_resume(accelerator: Any, spec: str, output_dir: str | Path) -> Path | None:
+    """`resolve_resume` on the main process only (it reads and hashes every file), the answer (or its
+    one-line error) broadcast to every rank."""
+    from accelerate.utils import broadcast_object_list
+    answer: list[Any] = [None, None]
+    if accelerator.is_main_process:
+        try:
+            found = resolve_resume(spec, output_dir)
+            answer = [str(found) if found is not None else None, None]
+        except ConfigError as err:
+            answer = [None, str(err)]
+        except OSError as err:  # an unreadable folder: every rank stops with the same line
+            answer = [None, f"--resume {spec}: cannot read '{output_dir}' ({err})"]
+    if accelerator.num_processes > 1:
+        answer = broadcast_object_list(answer, from_process=0)
+    if answer[1] is not None:
+        raise ConfigError(answer[1])
+    return Path(answer[0]) if answer[0] is not None else None
+
+
+def _deepspeed_data_classes() -> list[type]:
+    """The plain-data classes DeepSpeed pickles into its ZeRO checkpoints (enums, counters, a loss scaler)."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+    return [ZeroStageEnum, LossScaler, DynamicLossScaler, fragment_address]
+
+
+def require_tensors_only_checkpoint(path: Path, deepspeed: bool) -> None:
+    """Refuse (`UnsafeFileError`, one line) a checkpoint holding a pickle that would import more than
+    tensors and plain data, before accelerate or DeepSpeed unpickle it (accelerate loads objects registered
+    for checkpointing, DeepSpeed its ZeRO files, with `weights_only=False`). Allowed beyond torch's own:
+    numpy arrays (accelerate's RNG states) and, in a DeepSpeed run, DeepSpeed's data classes."""
+    from accelerate.utils.other import TORCH_SAFE_GLOBALS  # numpy's array reconstruction, for RNG states
+    allowed = list(TORCH_SAFE_GLOBALS) + (_deepspeed_data_classes() if deepspeed else [])
+    for file in sorted(p for p in path.rglob("*") if p.suffix in PICKLE_SUFFIXES and p.is_file()):
+        try:
+            require_tensors_only(file, allowed)
+        except ConfigError as err:
+            raise type(err)(f"--resume {path}: {err}") from err
 
 
 def check_same_schedule(ckpt: Path, schedule: dict[str, int]) -> None:
@@ -43,7 +110,8 @@ def check_same_schedule(ckpt: Path, schedule: dict[str, int]) -> None:
 
 
 def finalize(tmp: Path, final: Path, state: EngineState, keep_last: int) -> None:
-    """Mark `tmp` complete, rename it to `final` (atomic on one file system) and rotate old ones."""
+    """Mark `tmp` complete (the marker lists every file's size and hash), rename it to `final` (atomic on
+    one file system) and rotate old ones."""
     state.write(tmp)
     if final.exists():
         shutil.rmtree(final)

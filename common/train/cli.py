@@ -1,17 +1,31 @@
 """The entry point both stages share: `--config/--init/--resume` and `key=value` overrides in any order,
-everything validated before a model is built, then the engine. Every error the CLI can foresee (config,
-paths, a checkpoint it cannot load) is one line on stderr and exit status 2."""
+everything validated before a model is built, then the engine. Every error the CLI can foresee is one
+line on stderr, with the exit status a launcher acts on (`exit_status`):
+
+    0   finished
+    2   bad input: config, paths, a checkpoint that is damaged, unsafe or of another run
+    75  preempted (SIGTERM/SIGUSR1): a checkpoint was written — requeue with --resume auto
+    1   a fault that stopped the run: a checkpoint write failed, a rank stopped answering, no readable
+        shard, too many non-finite steps
+"""
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from common.artifacts import read_metrics
 from common.config.schema import ConfigError, load_config
-from common.train.engine import TaskFactory
+from common.data.streams import NoReadableShardError
+from common.train.checkpoint_write import CheckpointWriteError
+from common.train.collectives import CollectiveError
+from common.train.engine import NonFiniteError, TaskFactory
 from common.train.logs import setup_logging
+from common.train.preemption import REQUEUE_EXIT_STATUS, Preempted
+
+RUN_FAULTS = (CheckpointWriteError, CollectiveError, NoReadableShardError, NonFiniteError)
 
 StageTask = Callable[[Any, "str | None"], TaskFactory]  # (config, --init or None) → the task factory
 
@@ -29,22 +43,20 @@ def parse_cli(argv: Sequence[str] | None, description: str) -> argparse.Namespac
     return parser.parse_intermixed_args(argv)
 
 
-def run_stage(argv: Sequence[str] | None, description: str, schema: type, make_task: StageTask,
-              accepts_init: bool) -> int:
-    """Load the config (all static validation before any model is built), resolve `--init`, train.
-    Bad input exits with status 2 and one line on stderr that names the fix."""
-    from common.train.engine import train
-    args = parse_cli(argv, description)
-    setup_logging()
+def exit_status(run: Callable[[], Path]) -> int:
+    """Run `run` (it trains and returns the run folder); print one line on stderr for every foreseen
+    error and return the exit status of the table above."""
     try:
-        if args.init and not accepts_init:
-            raise ConfigError("--init is a stage-2 flag (initialise from a stage-1 run); drop it here")
-        cfg = load_config(schema, args.config, args.overrides)
-        task_factory = make_task(cfg, args.init)
-        run_dir = train(cfg, task_factory, resume=args.resume)
+        run_dir = run()
     except (ConfigError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Preempted as err:
+        print(f"preempted: {err}", file=sys.stderr)
+        return REQUEUE_EXIT_STATUS
+    except RUN_FAULTS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     print(f"finished: {run_dir}")
     print_final_eval(run_dir)
     return 0
@@ -58,3 +70,20 @@ def print_final_eval(run_dir: str) -> None:
     evals = [r for r in read_metrics(run_dir) if "eval" in r]
     if evals:
         print(f"final eval (step {evals[-1]['step']}): {summary_line(evals[-1]['eval'])}")
+
+
+def run_stage(argv: Sequence[str] | None, description: str, schema: type, make_task: StageTask,
+              accepts_init: bool) -> int:
+    """Load the config (all static validation before any model is built), resolve `--init`, train.
+    Returns the exit status (`exit_status`)."""
+    from common.train.engine import train
+    args = parse_cli(argv, description)
+    setup_logging()
+
+    def run() -> Path:
+        if args.init and not accepts_init:
+            raise ConfigError("--init is a stage-2 flag (initialise from a stage-1 run); drop it here")
+        cfg = load_config(schema, args.config, args.overrides)
+        return train(cfg, make_task(cfg, args.init), resume=args.resume)
+
+    return exit_status(run)

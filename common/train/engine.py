@@ -7,9 +7,13 @@ precision, compilation, gradient accumulation and clipping, optimizer and schedu
 (on the device, read at log steps: step_guard.py), logging, progress bar, periodic eval, atomic
 checkpoints and exact resume. No model is built before the run's seed is set.
 
-Exact resume: the data stream is rebuilt at every checkpoint step from a seed derived from
-(train.seed, step), and accelerate's state holds model, optimizer, scheduler, scaler and RNG; so a run
-resumed from step k sees the same batches and draws the same random numbers as one never stopped.
+Exact resume: the data stream is rebuilt at every periodic checkpoint step from a seed derived from
+(train.seed, step) (a preemption checkpoint records the step its stream started at, and a resume moves
+that stream on to its step), and accelerate's state holds model, optimizer, scaler and RNG, the engine's
+marker the LR schedule; so a run resumed from step k sees the same batches and draws the same random
+numbers as one never stopped. Faults (`docs/ARCHITECTURE.md`, "Failures"): preemption signals
+(`preemption`), failed checkpoint writes (`checkpoint_write`), damaged or untrusted checkpoints
+(`checkpoint`), ranks that stop answering (`collectives`).
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 
 import torch
+from accelerate.utils import set_seed
 from torch import nn
 
 from common.artifacts import EngineState, MetricsFile, checkpoint_dir, write_config
@@ -29,10 +34,13 @@ from common.config.schema import ConfigError
 from common.evaluation.dist import gather_objects
 from common.train import checkpoint as ckpt
 from common.train.accelerator import make_accelerator, run_context, shutdown
+from common.train.checkpoint_write import CheckpointWrite, publish_weights
+from common.train.collectives import CollectiveError, named
 from common.train.compile import compile_in_place
 from common.train.context import RunContext
 from common.train.metrics import MetricsLogger
 from common.train.optim import build_optimizer, build_scheduler
+from common.train.preemption import Preempted, PreemptionWatch
 from common.train.step_guard import OK, NonFiniteError, StepWindow, gated_step, poison_non_finite, step_status
 
 __all__ = ["NonFiniteError", "Task", "TaskFactory", "Trainer", "data_seed", "train"]
@@ -115,30 +123,34 @@ class Trainer:
             validate_run(self.run)  # checks that depend on the run (world size, DeepSpeed): ConfigError
         if resume == "auto" and self.cfg.remote_dir:
             self._restore_from_remote()
-        self.resume_from = ckpt.resolve_resume(resume, self.run_dir) if resume else None
+        self.resume_from = ckpt.agreed_resume(acc, resume, self.run_dir) if resume else None
         self.schedule = {"steps": self.cfg.steps, "global_batch": self.run.global_batch,
                          "contrastive_batch": self.run.contrastive_batch}
         if self.resume_from is not None:
             ckpt.check_same_schedule(self.resume_from, self.schedule)
         if self.is_main:
             write_config(self.run_dir, config)
+        set_seed(self.cfg.seed)  # torch's start-up seed is random: nothing may depend on it
         self.task = make_task(self.run)
         if self.run.contrastive_accum > 1 and not hasattr(self.task, "contrastive_group"):
             raise ConfigError(f"train.contrastive_accum={self.run.contrastive_accum}: this stage scores each "
                               "sample on its own, so there are no negatives to add — use train.grad_accum")
-        torch.manual_seed(self.cfg.seed)  # identical initial weights on every rank
+        set_seed(self.cfg.seed)  # identical initial weights on every rank, whatever the task drew
         model = self.task.build_model()
         optimizer = build_optimizer(self.task.param_groups(model), self.optim_cfg)
         self.scheduler = build_scheduler(optimizer, self.optim_cfg, self.cfg.steps)
         # in place: state-dict names stay, DDP and DeepSpeed wrap what looks like an eager module
         self.compiled = compile_in_place(model, self.cfg.compile, self.cfg.compile_backend)
         self.model, self.optimizer = acc.prepare(model, optimizer)
-        acc.register_for_checkpointing(self.scheduler)  # stepped by us: once per optimizer step
+        # the scheduler (stepped by us, once per optimizer step) is saved in the engine's JSON marker, not
+        # registered with accelerate, which would unpickle it with weights_only=False at --resume
         self.input_dtype = torch.bfloat16 if (self.is_deepspeed and self.cfg.precision == "bf16") else None
         self.step = 0
         self.window = StepWindow(self.cfg.max_bad_steps, self.run_dir)  # step outcomes, read at log/save
         self.source_draws: Counter[str] = Counter()  # all ranks, up to the last log or save
         self.new_draws: Counter[str] = Counter()  # this rank's since then
+        self.data_start = 0  # the step whose seed started the current data stream
+        self.peers_lost = False  # a collective failed: tear down without waiting for the other ranks
         torch.manual_seed(self.cfg.seed + self.run.rank)  # per-rank dropout / drop-path
         if self.resume_from is not None:
             self._load(self.resume_from)
@@ -146,6 +158,7 @@ class Trainer:
 
     # ---- checkpoints -------------------------------------------------------------------------
     def _load(self, path: Path) -> None:
+        ckpt.require_tensors_only_checkpoint(path, self.is_deepspeed)  # before anything unpickles it
         try:
             self.accelerator.load_state(str(path))
         except Exception as err:  # noqa: BLE001 - whatever the loader raises, the checkpoint is unusable
@@ -157,6 +170,8 @@ class Trainer:
         self.step = state.step
         self.window.bad_total, self.window.skipped_samples = state.bad_steps, state.skipped_samples
         self.source_draws = Counter(state.source_draws)
+        self.data_start = state.step if state.data_start is None else state.data_start
+        self.scheduler.load_state_dict(state.scheduler)
         if self.is_main:  # drop records the crashed run logged after this checkpoint
             MetricsFile(self.run_dir).truncate_after(self.step)
         log.info("resumed from %s at step %d", path, self.step)
@@ -168,27 +183,30 @@ class Trainer:
             restore_if_empty(self.cfg.remote_dir, self.run_dir)
         self.accelerator.wait_for_everyone()
 
-    def save(self) -> Path:
-        """Atomic checkpoint of the whole training state + consolidated weights for export."""
+    def save(self) -> Path | None:
+        """Atomic checkpoint of the whole training state + consolidated weights for export. A write that
+        fails on any rank (full disk…) removes the partial folder and stops the run, or with
+        `train.checkpoint_errors: warn` goes on without it (None)."""
         acc = self.accelerator
         self.window.settle()  # the counts the checkpoint holds (and the bad-step limit) are current
         final = checkpoint_dir(self.run_dir, self.step)
-        tmp = ckpt.temp_path(final)
+        write = CheckpointWrite(acc, final, ckpt.temp_path(final), self.cfg.checkpoint_errors,
+                                self.cfg.dist_timeout_s)
         self._merge_draws()
-        acc.save_state(str(tmp))
-        acc.wait_for_everyone()  # every rank's RNG/optimizer shard is in `tmp` before it is renamed
-        state_dict = acc.get_state_dict(self.model)  # gathers ZeRO-3 shards (collective)
-        if self.is_main:
-            self.task.save_weights(state_dict, tmp)
-            state = EngineState(self.step, self.window.bad_total, self.window.skipped_samples, self.schedule,
-                                dict(self.source_draws))
-            ckpt.finalize(tmp, final, state, self.cfg.keep_last)
-            self.task.save_weights(state_dict, self.run_dir)  # newest weights at the run's top level
-            if self.cfg.remote_dir:  # after the local write is complete (common/train/remote.py)
-                from common.train.remote import RemoteRun
-                RemoteRun(self.cfg.remote_dir).push_checkpoint(self.run_dir, final, self.cfg.keep_last)
-        acc.wait_for_everyone()
-        return final
+        write.attempt(lambda: acc.save_state(str(write.tmp)))
+        if write.agree():  # every rank's RNG/optimizer shard is in `tmp`
+            state_dict = acc.get_state_dict(self.model)  # gathers ZeRO-3 shards (collective)
+            if self.is_main:
+                state = EngineState(self.step, self.window.bad_total, self.window.skipped_samples, self.schedule,
+                                    source_draws=dict(self.source_draws), scheduler=self.scheduler.state_dict(),
+                                    data_start=self.data_start)
+                write.attempt(lambda: self.task.save_weights(state_dict, write.tmp))
+                write.attempt(lambda: ckpt.finalize(write.tmp, final, state, self.cfg.keep_last))
+                write.attempt(lambda: publish_weights(self.task.save_weights, state_dict, self.run_dir))
+                if self.cfg.remote_dir and final.is_dir():  # after the local write is complete (remote.py)
+                    from common.train.remote import RemoteRun
+                    RemoteRun(self.cfg.remote_dir).push_checkpoint(self.run_dir, final, self.cfg.keep_last)
+        return final if write.finish() else None
 
     # ---- one optimizer step ------------------------------------------------------------------
     def _next_batch(self, batches: Iterator[dict]) -> dict:
@@ -224,7 +242,8 @@ class Trainer:
                 with acc.autocast():
                     loss, extras = next(passes)
                 loss, loss_finite = poison_non_finite(loss)  # a bad pass poisons the group's gradients
-                acc.backward(loss * group if group > 1 else loss)
+                with named(f"step {self.step + 1}: backward (DDP's gradient all-reduce)", self.cfg.dist_timeout_s):
+                    acc.backward(loss * group if group > 1 else loss)
             losses.append(loss.detach())
             finite.append(loss_finite)
         if not acc.sync_gradients:
@@ -254,7 +273,12 @@ class Trainer:
 
     # ---- the loop ----------------------------------------------------------------------------
     def _batches(self) -> Iterator[dict]:
-        return iter(self.task.train_batches(data_seed(self.cfg.seed, self.step)))
+        """The stream started at `data_start` (seeded by it), moved on to `step`: restarted at a periodic
+        checkpoint it starts right there; resumed from a preemption checkpoint it skips what was trained."""
+        batches = iter(self.task.train_batches(data_seed(self.cfg.seed, self.data_start)))
+        for _ in range((self.step - self.data_start) * self.run.backward_passes):
+            next(batches)
+        return batches
 
     def _merge_draws(self) -> None:
         """Add every rank's draws per source since the last merge to the run's totals (a collective; no
@@ -272,7 +296,8 @@ class Trainer:
         losses = self.window.take_losses()  # of the applied steps since the last record
         mean_loss = torch.tensor([sum(losses) / len(losses) if losses else math.nan])
         if acc.num_processes > 1:
-            mean_loss = acc.reduce(mean_loss.to(acc.device), reduction="mean")
+            with named(f"step {self.step}: the all-reduce of the logged loss", self.cfg.dist_timeout_s):
+                mean_loss = acc.reduce(mean_loss.to(acc.device), reduction="mean")
         record = {"step": self.step, "loss": float(mean_loss), "lr": self.scheduler.get_last_lr()[0],
                   "samples_per_s": samples / max(time.perf_counter() - t0, 1e-9),
                   "bad_steps": self.window.bad_total, "skipped_samples": self.window.skipped_samples,
@@ -310,10 +335,12 @@ class Trainer:
         self.bar = tqdm(total=cfg.steps, initial=self.step, desc=str(self.run_dir), dynamic_ncols=True,
                         disable=not (self.is_main and cfg.progress))
         global_batch = self.run.global_batch
-        batches, t0, window = self._batches(), time.perf_counter(), 0
-        self.logger.log(self._start_record())
-        self.task.after_optimizer_step(acc.unwrap_model(self.model), self.step)
+        # before the data stream starts: its loader workers, forked later, inherit the handlers
+        preemption = PreemptionWatch(cfg.dist_timeout_s).start()
         try:
+            batches, t0, window = self._batches(), time.perf_counter(), 0
+            self.logger.log(self._start_record())
+            self.task.after_optimizer_step(acc.unwrap_model(self.model), self.step)
             while self.step < cfg.steps:
                 loss, status, extras = self._train_step(batches)
                 self.step += 1
@@ -325,18 +352,33 @@ class Trainer:
                     t0, window = time.perf_counter(), 0
                 if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
                     self._evaluate()
+                saved = None
                 if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.steps:
-                    self.save()
-                    batches = self._batches()  # restart the stream where a resume would restart it
+                    self.data_start = self.step  # restart the stream where a resume would restart it
+                    saved = self.save()
+                    batches = self._batches()
+                signal_name = preemption.agreed(self.step)
+                if signal_name is not None:
+                    self._stop(signal_name, saved if saved is not None else self.save())
             self._evaluate(final=True)
             self.save()
+        except CollectiveError:
+            self.peers_lost = True
+            raise
         finally:
+            preemption.stop()
             self.bar.close()
             self.logger.close()
         return self.run_dir
 
+    def _stop(self, signal_name: str, checkpoint: Path | None) -> None:
+        """Preempted: log why, then raise `Preempted` (the CLI exits with the requeue status)."""
+        self.logger.log({"step": self.step, "event": "preempted", "signal": signal_name,
+                         "checkpoint": str(checkpoint) if checkpoint is not None else None})
+        raise Preempted(self.step, signal_name, checkpoint)
+
     def close(self) -> None:
-        shutdown(self.accelerator, self.model)
+        shutdown(self.accelerator, self.model, wait_for_peers=not self.peers_lost)
         del self.model, self.optimizer
         gc.collect()
 

@@ -1,11 +1,14 @@
 """A tiny regression task for engine tests: y = x·w* + noise, a deterministic stream per (seed, rank).
 
-Run as a script it trains under whatever launcher started it and writes the world size it saw:
+Run as a script it trains under whatever launcher started it, writes the world size it saw and exits
+with the CLI's status (`common.train.cli.exit_status`, one line on stderr for a foreseen error):
 `python -m tests.tasks.linear_task OUT_DIR [key=value ...] [--resume auto]`.
 """
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -31,6 +34,10 @@ class LinearConfig:
     nan_at_steps: tuple[int, ...] = ()  # steps whose loss is replaced by NaN
     nan_grad_at_steps: tuple[int, ...] = ()  # steps whose loss stays finite but whose gradients are NaN
     step_sleep: float = 0.0  # seconds per step (gives a test time to kill the run mid-training)
+    stall_at_step: int = 0  # >0: rank `stall_rank` sleeps `stall_s` seconds inside this step (a hung rank)
+    stall_rank: int = 1
+    stall_s: float = 0.0
+    signal_at_step: int = 0  # >0: the process sends itself SIGTERM inside this step (a preemption)
 
 
 class Crash(RuntimeError):
@@ -60,6 +67,10 @@ class LinearTask:
             raise Crash(f"injected crash at step {self.step}")
         if self.cfg.step_sleep:
             time.sleep(self.cfg.step_sleep)
+        if self.step == self.cfg.stall_at_step and self.run.rank == self.cfg.stall_rank:
+            time.sleep(self.cfg.stall_s)
+        if self.step == self.cfg.signal_at_step:
+            os.kill(os.getpid(), signal.SIGTERM)
         loss = nn.functional.mse_loss(model(batch["x"]), batch["y"])
         if self.step in self.cfg.nan_at_steps:
             loss = loss * float("nan")
@@ -83,13 +94,23 @@ class LinearTask:
                   str(Path(out_dir) / "model.safetensors"))
 
 
-def main(argv: list[str]) -> None:
+def run_linear(out: Path, *overrides: str, resume: str | None = None) -> list[dict]:
+    """Train the linear task in this process into `out`; returns its metrics records."""
+    from common.artifacts import read_metrics
+    from common.train.engine import train
+    cfg = load_config(LinearConfig, None, [f"train.output_dir={out}", *overrides])
+    train(cfg, lambda run: LinearTask(cfg, run), resume=resume)
+    return read_metrics(out)
+
+
+def main(argv: list[str]) -> int:
+    from common.train.cli import exit_status
     from common.train.engine import train
     resume = argv[argv.index("--resume") + 1] if "--resume" in argv else None
     overrides = [a for a in argv[1:] if a not in ("--resume", resume)]
     cfg = load_config(LinearConfig, None, [f"train.output_dir={argv[0]}", *overrides])
-    train(cfg, lambda run: LinearTask(cfg, run), resume=resume)
+    return exit_status(lambda: train(cfg, lambda run: LinearTask(cfg, run), resume=resume))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))
