@@ -1,0 +1,1 @@
+"""Training and eval data: shard lists, deterministic webdataset streams, transforms, prompt templates."""
