@@ -4,8 +4,7 @@
 data → teacher (stage 2 from scratch on the same data, 80 steps: a teacher bootstrapped from the student's
 own data, not one that knows more) → export → stage 1 MIM with that teacher → stage 2 --init from stage 1
 and the scratch controls (same stage-2 steps, every seed; equal student compute and equal total compute,
-first seed) plus the sigmoid loss for the first --init seed → export → zero-shot of the export through
-open_clip → report. `python scripts/demo.py [--quick]`; `scripts/demo.sh` sets up the venv first.
+first seed) → export → zero-shot of the export through open_clip → report. `python scripts/demo.py [--quick]`; `scripts/demo.sh` sets up the venv first.
 `--quick` shrinks every step (the end-to-end test runs it).
 """
 from __future__ import annotations

@@ -8,6 +8,7 @@ Scratch controls (all stage 2 from random init, same batch and config):
   scratch                 the same stage-2 steps as `--init` (every seed)
   scratch_equal_student   stage-1 + stage-2 steps: the student's whole budget, the teacher taken as given
   scratch_equal_total     teacher + stage-1 + stage-2 steps (only when the recipe trained the teacher)
+and, on request (--sigmoid-seeds), the --init run with the sigmoid loss.
 
     python scripts/recipe.py --source folder:PATH --out runs/own_data --data data/own_data
     scripts/recipe_own_data.sh PATH          (sets up .venv first)
@@ -35,9 +36,9 @@ class Sizes:
     stage1_steps: int = 80
     stage2_steps: int = 50
     control_seeds: int = 1               # the equal-compute controls run for the first N seeds
-    sigmoid_seeds: int = 1               # the --init run with the sigmoid loss, first N seeds (0: none)
+    sigmoid_seeds: int = 0               # an --init run with the sigmoid loss for the first N seeds
     data: tuple[str, ...] = ()           # extra make_shards arguments
-    eval_samples: int = 5000             # final evals (and the exported model's): the first N test images
+    eval_samples: int = 2000             # final evals (and the exported model's): the first N test images
     # every training run: periodic evals on the first 500 test images
     overrides: tuple[str, ...] = ("train.eval_every=20", "data.eval_max_samples=500", "train.save_every=0")
 
@@ -45,7 +46,7 @@ class Sizes:
         return (*self.overrides, f"data.final_eval_max_samples={self.eval_samples}")
 
 
-QUICK = Sizes(teacher_steps=3, stage1_steps=3, stage2_steps=3,
+QUICK = Sizes(teacher_steps=3, stage1_steps=3, stage2_steps=3, sigmoid_seeds=1,
               data=("--max-train", "512", "--max-test", "128", "--samples-per-shard", "128"), eval_samples=0,
               overrides=("data.num_workers=0", "data.eval_max_samples=64", "train.batch_size=16",
                          "train.eval_every=0", "train.save_every=0"))
