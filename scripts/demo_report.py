@@ -2,7 +2,7 @@
 PNG plots (headless matplotlib).
 
 `python scripts/demo_report.py runs/demo` reads each run's `metrics.jsonl`, the recipe's `step_times.json`,
-`recipe.json` and `export_eval.json`, and reports per group (init / scratch / init_sigmoid /
+`recipe.json`, `stage1_check.json` and `export_eval.json`, and reports per group (init / scratch / init_sigmoid /
 scratch_equal_student / scratch_equal_total) the per-seed values with mean and spread, and each group's
 compute in training steps: its own stage-2 steps, the student's (stage 1 + stage 2) and the total
 (teacher + stage 1 + stage 2; a given teacher counts 0).
@@ -116,6 +116,8 @@ def collect(demo: Path) -> dict[str, Any]:
             key = "zero_shot_top1" if metric == "zeroshot_top1" else metric  # results.json contract name
             results[group][key] = [s.get(metric) for s in summaries]
     results.update(extra)
+    if (demo / "stage1_check.json").is_file():
+        results["stage1_check"] = json.loads((demo / "stage1_check.json").read_text())
     if (demo / "export_eval.json").is_file():
         results["export_eval"] = json.loads((demo / "export_eval.json").read_text())
     return results
@@ -157,6 +159,12 @@ def report_markdown(results: dict[str, Any], images: list[str]) -> str:
             r = results[name]
             detail = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items())
             lines += ["", f"**{name}**: {detail}"]
+    if "stage1_check" in results:
+        c = results["stage1_check"]
+        lines += ["", f"**stage 1 vs an image-blind predictor** (cosine to the teacher's targets at masked tokens): "
+                  f"student {c['masked_cos']:.3f}, image-blind {c['image_blind_cos']:.3f}, gain {c['gain']:+.3f} "
+                  f"(near 0: stage 1 learned the teacher's average, not the images); visible tokens "
+                  f"{c['visible_cos']:.3f}; the probe on the teacher's own tokens {100 * c['teacher_token_probe_top1']:.1f} %"]
     if "export_eval" in results:
         lines += ["", f"**exported model through open_clip**: `{json.dumps(results['export_eval'])}`"]
     lines += [""] + [f"![{img}]({img})" for img in images]

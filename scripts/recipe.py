@@ -1,7 +1,8 @@
 """The two-stage recipe on any data, one named step after another (a failure stops it and names the step).
 
 shards → teacher (stage 2 from scratch on the same data, or a given open_clip teacher) → stage 1 MIM
-against the frozen teacher → stage 2 `--init` from stage 1 and scratch controls → export → zero-shot of
+against the frozen teacher → its check against an image-blind predictor (`scripts/stage1_check.py`) →
+stage 2 `--init` from stage 1 and scratch controls → export → zero-shot of
 the export through stock open_clip on the held-out split → report (`scripts/demo_report.py`).
 
 Scratch controls (all stage 2 from random init, same batch and config):
@@ -129,7 +130,8 @@ def plan(r: Recipe) -> list[Step]:
                                    *r.sizes.data], None), *make,
                          ("stage1", ["-m", "stage1_mim.train", "--config", r.stage1_config, f"teacher.model={model}",
                                      f"train.output_dir={r.out / 'stage1'}", f"train.steps={r.sizes.stage1_steps}",
-                                     *data_overrides(r), *r.stage1_set], None)]
+                                     *data_overrides(r), *r.stage1_set], None),
+                         ("stage1_check", ["scripts/stage1_check.py", str(r.out / "stage1")], r.out / "stage1_check.json")]
     steps += student_runs(r)
     first = f"init_seed{r.seeds[0]}"
     steps += [("export", ["scripts/export_open_clip.py", str(r.out / first), str(r.out / "export")], None),
@@ -167,12 +169,19 @@ def sizes_record(sizes: Sizes) -> dict[str, object]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in sizes.__dict__.items()}
 
 
+def with_sigmoid(sizes: Sizes, sigmoid_seeds: int | None) -> Sizes:
+    """`sizes` with `--sigmoid-seeds` applied when given."""
+    return sizes if sigmoid_seeds is None else replace(sizes, sigmoid_seeds=sigmoid_seeds)
+
+
 def parser(description: str = __doc__) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/recipe", help="run folders and the report")
     p.add_argument("--data", default="data/recipe", help="where the shards are written")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--quick", action="store_true", help="tiny steps and data (the end-to-end tests)")
+    p.add_argument("--sigmoid-seeds", type=int, default=None,
+                   help="--init runs with the sigmoid loss for the first N seeds (default: the preset's)")
     return p
 
 
@@ -186,8 +195,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stage2-steps", type=int, default=Sizes.stage2_steps)
     p.add_argument("--control-seeds", type=int, default=Sizes.control_seeds,
                    help="equal-compute scratch controls for the first N seeds (0: none)")
-    p.add_argument("--sigmoid-seeds", type=int, default=Sizes.sigmoid_seeds,
-                   help="--init runs with the sigmoid loss for the first N seeds (0: none)")
     p.add_argument("--stage1-config", default=STAGE1_CFG)
     p.add_argument("--stage2-config", default=STAGE2_CFG)
     p.add_argument("--stage1-set", nargs="*", default=[], metavar="KEY=VALUE", help="stage-1 overrides")
@@ -196,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     base = QUICK if a.quick else Sizes(teacher_steps=a.teacher_steps, stage1_steps=a.stage1_steps,
                                        stage2_steps=a.stage2_steps)
     shard_args = ("--test-fraction", str(a.test_fraction)) if a.source != "fashion-mnist" else ()
-    sizes = replace(base, data=(*base.data, *shard_args), control_seeds=a.control_seeds, sigmoid_seeds=a.sigmoid_seeds)
+    sizes = replace(with_sigmoid(base, a.sigmoid_seeds), data=(*base.data, *shard_args), control_seeds=a.control_seeds)
     return run(Recipe(a.source, Path(a.out).resolve(), Path(a.data).resolve(), sizes, tuple(a.seeds), a.teacher,
                       a.stage1_config, a.stage2_config, tuple(a.stage1_set), tuple(a.stage2_set)))
 

@@ -36,6 +36,9 @@ def test_quick_demo_runs_end_to_end_with_both_compute_controls(quick_demo):
         assert len(top1) == seeds and all(0.0 <= v <= 1.0 for v in top1)
     assert results["stage1"]["steps"] == 3 and "probe_top1" in results["stage1"]
     assert results["teacher"]["steps"] == 3
+    check = results["stage1_check"]
+    assert check["gain"] == pytest.approx(check["masked_cos"] - check["image_blind_cos"], abs=2e-4)
+    assert all(-1.0 <= check[k] <= 1.0 for k in ("masked_cos", "image_blind_cos", "visible_cos"))
     assert results["init"]["student_steps"] == 6 and results["init"]["total_steps"] == 9
     assert results["scratch_equal_student"]["steps"] == [6] and results["scratch_equal_total"]["steps"] == [9]
     export = results["export_eval"]

@@ -3,6 +3,8 @@ columns (scripts/demo_report.py). Pure planning: nothing is trained here."""
 from __future__ import annotations
 
 import subprocess
+
+import pytest
 from pathlib import Path
 
 from scripts.demo_report import compute_steps
@@ -56,3 +58,23 @@ def test_recipe_script_rejects_a_missing_input_in_one_line(tmp_path):
                           env=subprocess_env(), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
     assert "neither a folder nor a CSV" in proc.stderr
+
+
+def test_image_blind_baseline_scores_position_constant_targets_as_perfect():
+    import torch
+    from scripts.stage1_check import image_blind_cos
+    per_position = torch.randn(4, 8)                                    # [N, D]
+    targets = per_position.expand(3, 4, 8) * torch.rand(3, 4, 1).add(0.5)  # same directions, any scale
+    mask = torch.tensor([[True, False, False, True]] * 3)
+    assert image_blind_cos(per_position, targets, mask).item() == pytest.approx(1.0, abs=1e-6)
+    flipped = targets.clone()
+    flipped[:, 0] *= -1                                                 # masked position 0 now opposite
+    assert image_blind_cos(per_position, flipped, mask).item() == pytest.approx(0.0, abs=1e-6)
+    flipped_unmasked = targets.clone()
+    flipped_unmasked[:, 1] *= -1                                        # a visible position: not counted
+    assert image_blind_cos(per_position, flipped_unmasked, mask).item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_recipe_runs_the_stage1_check_after_stage1(tmp_path):
+    names = [name for name, _, _ in plan(Recipe("folder:/x", tmp_path / "out", tmp_path / "data", SIZES))]
+    assert names.index("stage1_check") == names.index("stage1") + 1
