@@ -64,7 +64,7 @@ def check(run_dir: Path, max_samples: int) -> dict[str, float]:
     student.load_state_dict(load_weights(complete_checkpoints(run_dir)[-1] / "model.safetensors"))
     student.eval()
     transform = eval_transform(d.image_size, d.augment)
-    data = RunData(d, 0, 1, d.eval_batch_size)
+    data = RunData(d, cfg.eval, 0, 1, d.eval_batch_size)
 
     def sample(image, meta):
         return {"image": transform(image), "label": meta.get("cls", -1)}
@@ -74,7 +74,8 @@ def check(run_dir: Path, max_samples: int) -> dict[str, float]:
     sums = {"masked_cos": 0.0, "image_blind_cos": 0.0, "visible_cos": 0.0, "teacher_token_probe_top1": 0.0}
     seen = 0
     with torch.no_grad():
-        train = make_eval_loader(data.train_urls, sample, d.eval_batch_size, max_samples=max_samples, num_workers=0)
+        train_urls = [url for source in data.sources for url in source.urls]
+        train = make_eval_loader(train_urls, sample, d.eval_batch_size, max_samples=max_samples, num_workers=0)
         mean = position_mean(teacher, train)
         classifier = (build_zeroshot_classifier(teacher.encode_text, data.classnames, get_templates(d.templates))
                       if data.classnames else None)

@@ -16,6 +16,7 @@ import torch
 from common.config.deepspeed_json import read_deepspeed_json
 from common.config.sections import TrainConfig
 from common.train.context import RunContext
+from common.train.elastic import init_restarted_group
 
 
 def load_deepspeed_config(path: str, cfg: TrainConfig) -> dict[str, Any]:
@@ -50,6 +51,8 @@ def make_accelerator(cfg: TrainConfig):
     # train.dist_timeout_s: how long a collective waits for a rank that stopped answering
     group = {"backend": "gloo"} if on_cpu else {}
     handlers = [InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.dist_timeout_s), **group)] if distributed else []
+    if distributed:
+        init_restarted_group(cfg.dist_timeout_s)  # a torchrun restart: a store prefix of its own
     kwargs: dict[str, Any] = {}
     if cfg.deepspeed:
         _prepare_deepspeed_env()
