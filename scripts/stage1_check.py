@@ -29,10 +29,10 @@ from common.data.run_data import RunData
 from common.data.streams import make_eval_loader
 from common.data.templates import build_zeroshot_classifier, get_templates
 from common.data.transforms import eval_transform
-from common.vision.trunk import create_eva_trunk, patch_grid
+from common.vision.trunk import patch_grid
 from stage1_mim.config import Stage1Config
-from stage1_mim.masking import BlockMaskGenerator, num_masked_for_ratio
 from stage1_mim.model import MaskedEvaStudent
+from stage1_mim.task import student_trunk
 from stage1_mim.teacher import FrozenTeacher, build_teacher
 
 MASK_SEED = 0
@@ -60,7 +60,7 @@ def check(run_dir: Path, max_samples: int) -> dict[str, float]:
     d, m = cfg.data, cfg.mask
     grid = patch_grid(cfg.student.vision_model, d.image_size)
     teacher = build_teacher(cfg.teacher.model, cfg.teacher.weights, grid, (d.augment.mean, d.augment.std))
-    student = MaskedEvaStudent(create_eva_trunk(cfg.student.vision_model, d.image_size), teacher.embed_dim)
+    student = MaskedEvaStudent(student_trunk(cfg), teacher.embed_dim)  # the trunk the run trained
     student.load_state_dict(load_weights(complete_checkpoints(run_dir)[-1] / "model.safetensors"))
     student.eval()
     transform = eval_transform(d.image_size, d.augment)
@@ -69,7 +69,7 @@ def check(run_dir: Path, max_samples: int) -> dict[str, float]:
     def sample(image, meta):
         return {"image": transform(image), "label": meta.get("cls", -1)}
 
-    masker = BlockMaskGenerator(grid, num_masked_for_ratio(grid, m.ratio), m.min_block, m.max_block, tuple(m.aspect))
+    masker = m.generator(grid)
     rng = np.random.default_rng(MASK_SEED)
     sums = {"masked_cos": 0.0, "image_blind_cos": 0.0, "visible_cos": 0.0, "teacher_token_probe_top1": 0.0}
     seen = 0

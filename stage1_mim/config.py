@@ -10,7 +10,7 @@ from common.config.sections import DataConfig, EvalConfig, OptimConfig, TrainCon
 from common.train.context import RunContext
 from common.vision.attention import AttentionBackend, check_attention_backend
 from common.vision.trunk import check_vision_config, patch_grid
-from stage1_mim.masking import check_mask_shape, num_masked_for_ratio
+from stage1_mim.masking import BlockMaskGenerator, check_mask_shape, num_masked_for_ratio
 
 
 @dataclass
@@ -49,6 +49,11 @@ class MaskConfig:
 
     def validate(self) -> None:
         check_mask_shape(self.min_block, self.max_block, self.aspect)
+
+    def generator(self, grid: tuple[int, int]) -> BlockMaskGenerator:
+        """The block-mask generator these settings describe on a patch grid of `grid` (rows, columns)."""
+        return BlockMaskGenerator(grid, num_masked_for_ratio(grid, self.ratio), self.min_block, self.max_block,
+                                  tuple(self.aspect))
 
 
 @dataclass

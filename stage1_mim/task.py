@@ -23,7 +23,6 @@ from common.train.optim import tower_param_groups
 from common.vision.trunk import create_eva_trunk, patch_grid
 from stage1_mim.config import Stage1Config
 from stage1_mim.loss import masked_cosine_loss
-from stage1_mim.masking import BlockMaskGenerator, num_masked_for_ratio
 from stage1_mim.model import MaskedEvaStudent
 from stage1_mim.teacher import FrozenTeacher, build_teacher
 
@@ -49,8 +48,7 @@ class MimTask:
         self.templates = get_templates(d.templates)
         self.train_tf, self.eval_tf = train_transform(d.image_size, d.augment), eval_transform(d.image_size, d.augment)
         self.grid = patch_grid(s.vision_model, d.image_size)
-        self.masker = BlockMaskGenerator(self.grid, num_masked_for_ratio(self.grid, m.ratio), m.min_block,
-                                         m.max_block, tuple(m.aspect))
+        self.masker = m.generator(self.grid)
         self.teacher: FrozenTeacher = build_teacher(cfg.teacher.model, cfg.teacher.weights, self.grid,
                                                     (d.augment.mean, d.augment.std))
         self.teacher.compile_image_path(run.compile, run.compile_backend)  # the engine compiles the student

@@ -53,9 +53,9 @@ def test_a_preemption_signal_on_one_rank_checkpoints_every_rank_at_one_step_and_
 def test_torchrun_restarts_a_group_whose_worker_was_sigkilled_from_the_last_checkpoint_exactly(
         tmp_path, uninterrupted_linear_run):
     run_dir = tmp_path / "run"
-    # c10d rendezvous, as scripts/launch/slurm_stage2.sbatch uses it: each restart is a new rendezvous round
-    # one restart allowed: it must work the first time (common/train/elastic.py: without its per-round store
-    # prefix, most restart rounds here failed to connect their new gloo group)
+    # c10d rendezvous, as scripts/launch/slurm_stage2.sbatch uses it: each restart is a new rendezvous round;
+    # one restart allowed, so it must work the first time (common/train/elastic.py: without its per-round
+    # store prefix, most restart rounds here failed to connect their new gloo group)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--max-restarts=1",
            "--monitor-interval=0.5", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}",
            "--rdzv-id=elastic", "-m", "tests.tasks.linear_task", str(run_dir), *LINEAR_RUN, "--resume", "auto"]
@@ -67,10 +67,11 @@ def test_torchrun_restarts_a_group_whose_worker_was_sigkilled_from_the_last_chec
         worker = psutil.Process(launcher.pid).children()[1]
         os.kill(worker.pid, signal.SIGKILL)  # one worker dies (a node fault); torchrun restarts the group
         assert launcher.wait(timeout=300) == 0, log.read_text()[-3000:]
-    finally:  # a failed restart must not leave its workers behind
-        for process in psutil.Process(launcher.pid).children(recursive=True) if launcher.poll() is None else []:
-            process.kill()
-        launcher.kill()
+    finally:
+        if launcher.poll() is None:  # a failed restart must not leave its workers behind
+            for process in psutil.Process(launcher.pid).children(recursive=True):
+                process.kill()
+            launcher.kill()
     assert_resumed_exactly(run_dir, uninterrupted_linear_run(2), from_step=6, world_size=2)
 
 

@@ -49,10 +49,11 @@ def make_accelerator(cfg: TrainConfig):
     on_cpu = not torch.cuda.is_available()
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     # train.dist_timeout_s: how long a collective waits for a rank that stopped answering
-    group = {"backend": "gloo"} if on_cpu else {}
+    backend = "gloo" if on_cpu else "nccl"  # on GPUs accelerate's own choice; on a CPU we ask for gloo
+    group = {"backend": backend} if on_cpu else {}
     handlers = [InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.dist_timeout_s), **group)] if distributed else []
     if distributed:
-        init_restarted_group(cfg.dist_timeout_s)  # a torchrun restart: a store prefix of its own
+        init_restarted_group(backend, cfg.dist_timeout_s)  # a torchrun restart: a store prefix of its own
     kwargs: dict[str, Any] = {}
     if cfg.deepspeed:
         _prepare_deepspeed_env()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 
-import torch
 import torch.distributed as dist
 
 
@@ -22,15 +21,15 @@ def restart_round() -> int:
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
 
 
-def init_restarted_group(timeout_s: float) -> bool:
-    """Open the default process group under a per-round store prefix when this is a restarted round on
-    torchrun's agent store; False (nothing done) otherwise."""
-    if restart_round() == 0 or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or dist.is_initialized():
+def init_restarted_group(backend: str, timeout_s: float) -> bool:
+    """Open the default process group (`backend`, the one accelerate would open) under a per-round store
+    prefix when this is a restarted round on torchrun's agent store; False (nothing done) otherwise."""
+    attempt = restart_round()
+    if attempt == 0 or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or dist.is_initialized():
         return False
     timeout = timedelta(seconds=timeout_s)
     store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
                           timeout=timeout)
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
-                            store=dist.PrefixStore(f"evaclip/round_{restart_round()}", store),
+    dist.init_process_group(backend, store=dist.PrefixStore(f"evaclip/round_{attempt}", store),
                             rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]), timeout=timeout)
     return True
