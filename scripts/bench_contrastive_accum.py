@@ -56,17 +56,17 @@ def child(args: argparse.Namespace) -> dict:
         task = ContrastiveTask(cfg, run)
         task.train_batches = lambda seed: cycle(prebuilt)
         return task
-    trainer = Trainer(cfg, make)
-    stream = trainer._batches()
+    trainer = Trainer.build(cfg, make)
+    stream = trainer.batches()
     cuda = trainer.run.device.type == "cuda"
     rss_before = resident_bytes()
-    trainer._train_step(stream)  # warm-up: allocator, optimizer state
+    trainer.step(stream)  # warm-up: allocator, optimizer state
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     for _ in range(args.steps):
-        trainer._train_step(stream)
+        trainer.step(stream)
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start

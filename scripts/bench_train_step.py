@@ -106,9 +106,9 @@ def evaclip_step(cfg: Stage2Config, prebuilt: list[dict], compile_mode: str = "n
 
     from common.train.engine import Trainer
     cfg = replace(cfg, train=replace(cfg.train, compile=compile_mode))
-    trainer = Trainer(cfg, prebuilt_stage2_task(cfg, prebuilt))
-    stream = trainer._batches()
-    return lambda: trainer._train_step(stream)[0]
+    trainer = Trainer.build(cfg, prebuilt_stage2_task(cfg, prebuilt))
+    stream = trainer.batches()
+    return lambda: trainer.step(stream)[0]
 
 
 def warm_up(step: Callable[[], Any], calls: int = 3) -> float:

@@ -12,11 +12,11 @@ import time
 import open_clip
 import torch
 
-from common.config.schema import ConfigError
 from common.config.sections import ZeroShotSetConfig
 from common.data.eval_sets import check_label, resolve_zeroshot_set
 from common.data.streams import make_eval_loader
 from common.data.templates import caption_of
+from common.errors import ConfigError
 from stage2_contrastive.zeroshot import evaluate_clip
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from common.artifacts import NotARunError
+from common.errors import NotARunError
 from common.export import export_open_clip, relocate
 
 

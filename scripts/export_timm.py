@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from common.artifacts import NotARunError
+from common.errors import NotARunError
 from common.export import export_timm
 
 

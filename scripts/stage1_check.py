@@ -24,12 +24,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common.artifacts import complete_checkpoints, load_weights, read_config
+from common.artifacts import complete_checkpoints, read_config
 from common.data.run_data import RunData
 from common.data.streams import make_eval_loader
 from common.data.templates import build_zeroshot_classifier, get_templates
 from common.data.transforms import eval_transform
 from common.vision.trunk import patch_grid
+from common.weights.safe_load import load_weights
 from stage1_mim.config import Stage1Config
 from stage1_mim.model import MaskedEvaStudent
 from stage1_mim.task import student_trunk

@@ -1,13 +1,14 @@
 """Stage-1 config schema: student, frozen teacher, block masking, and the shared sections.
-Static checks run in `validate()` at load time; checks that need the run (world size) in `validate_run`."""
+Value checks run in `validate()` at load time; checks of the disk, the registries, the machine and the
+run (world size) in `validate_run`, before any model is built."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from common.config.schema import ConfigError
 from common.config.sections import DataConfig, EvalConfig, OptimConfig, TrainConfig
-from common.train.context import RunContext
+from common.errors import ConfigError
+from common.run_context import RunContext
 from common.vision.attention import AttentionBackend, check_attention_backend
 from common.vision.trunk import check_vision_config, patch_grid
 from stage1_mim.masking import BlockMaskGenerator, check_mask_shape, num_masked_for_ratio
@@ -23,8 +24,8 @@ class StudentConfig:
     attention: AttentionBackend = "sdpa"
     grad_checkpointing: bool = False
 
-    def validate(self) -> None:
-        check_attention_backend(self.attention)
+    def validate_run(self, run: RunContext) -> None:
+        check_attention_backend(self.attention)  # whether it can run on this machine
 
 
 @dataclass
@@ -68,9 +69,10 @@ class Stage1Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
 
     def validate(self) -> None:
-        check_vision_config(self.student.vision_model, self.data.image_size)
         num_masked_for_ratio(patch_grid(self.student.vision_model, self.data.image_size), self.mask.ratio)
 
     def validate_run(self, run: RunContext) -> None:
+        """The timm registry (the student's name) and the data on disk."""
         from common.data.run_data import check_run_data
-        check_run_data(self.data, self.eval, run.micro_batch, run.world_size)
+        check_vision_config(self.student.vision_model, self.data.image_size)
+        check_run_data(self.data, self.eval, run)

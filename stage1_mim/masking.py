@@ -20,7 +20,7 @@ from typing import Optional
 
 import numpy as np
 
-from common.config.schema import ConfigError
+from common.errors import ConfigError
 
 ATTEMPTS_PER_BLOCK = 10  # BEiT's attempts per rectangle before giving up
 _CHUNK = 32  # uniforms drawn per Generator call

@@ -10,7 +10,6 @@ import torch
 from PIL import Image
 from torch import nn
 
-from common.artifacts import TrunkInfo, write_trunk
 from common.data.eval_sets import check_label
 from common.data.run_data import RunData
 from common.data.templates import Template, build_zeroshot_classifier, get_templates
@@ -18,9 +17,10 @@ from common.data.transforms import eval_transform, train_transform
 from common.evaluation.classify import zeroshot_accuracy
 from common.evaluation.dist import sum_across_ranks
 from common.evaluation.topk import TopKCounter
-from common.train.context import RunContext
+from common.run_context import RunContext
 from common.train.optim import tower_param_groups
 from common.vision.trunk import create_eva_trunk, patch_grid
+from common.weights.formats import TrunkInfo, write_trunk
 from stage1_mim.config import Stage1Config
 from stage1_mim.loss import masked_cosine_loss
 from stage1_mim.model import MaskedEvaStudent

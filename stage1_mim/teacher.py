@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.artifacts import require_tensors_only
-from common.config.schema import ConfigError
+from common.errors import ConfigError
 from common.train.compile import compile_in_place
+from common.weights.safe_load import require_tensors_only
 
 log = logging.getLogger("evaclip")
 

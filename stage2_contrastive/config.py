@@ -1,6 +1,6 @@
 """Stage-2 config schema: CLIP towers, the loss switch, and the shared data/train/optim sections.
-Static checks run in `validate()` at load time; checks that need the run (world size, DeepSpeed) in
-`validate_run`."""
+Value checks run in `validate()` at load time; checks of the disk, the registries, the machine and the
+run (world size, DeepSpeed) in `validate_run`, before any model is built."""
 from __future__ import annotations
 
 import importlib.util
@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
-from common.config.schema import ConfigError
 from common.config.sections import DataConfig, EvalConfig, OptimConfig, TrainConfig
-from common.train.context import RunContext
+from common.errors import ConfigError
+from common.run_context import RunContext
 from common.vision.attention import AttentionBackend, check_attention_backend
 from common.vision.trunk import check_vision_config
 from stage2_contrastive.objective import LossKind, Objective
@@ -89,28 +89,30 @@ class Stage2Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
 
     def validate(self) -> None:
-        """Cross-field checks that no single field can make."""
-        check_vision_config(self.model.vision_model, self.data.image_size)
-        if self.model.text.hf_model and self.model.text.open_clip_model:
+        """Cross-field checks of values that no single field can make."""
+        text = self.model.text
+        if text.hf_model and text.open_clip_model:
             raise ConfigError("model.text.hf_model and model.text.open_clip_model both name the text tower — "
                               "keep one")
+        if not text.hf_model and not text.open_clip_model and text.vocab_size != CLIP_BPE_VOCAB:
+            raise ConfigError(f"model.text.vocab_size={text.vocab_size} does not match the CLIP BPE "
+                              f"tokenizer ({CLIP_BPE_VOCAB} tokens) — set model.text.vocab_size={CLIP_BPE_VOCAB}")
+        if not text.hf_model and text.width % text.heads:
+            raise ConfigError(f"model.text.width={text.width} is not divisible by "
+                              f"model.text.heads={text.heads} — change one of them")
+        Objective.check(self.loss, self.model.init_logit_bias)
+
+    def validate_run(self, run: RunContext) -> None:
+        """The registries and files the config names (timm trunk, open_clip text config, HF folder), the
+        attention backend on this machine, the data on disk, and a text lock that can lift."""
+        from common.data.run_data import check_run_data
+        check_vision_config(self.model.vision_model, self.data.image_size)
         if self.model.text.hf_model:
             check_hf_text_tower(self.model.text)
         elif self.model.text.open_clip_model:
             named_text_cfg(self.model.text.open_clip_model)
-        elif self.model.text.vocab_size != CLIP_BPE_VOCAB:
-            raise ConfigError(f"model.text.vocab_size={self.model.text.vocab_size} does not match the CLIP BPE "
-                              f"tokenizer ({CLIP_BPE_VOCAB} tokens) — set model.text.vocab_size={CLIP_BPE_VOCAB}")
-        if not self.model.text.hf_model and self.model.text.width % self.model.text.heads:
-            raise ConfigError(f"model.text.width={self.model.text.width} is not divisible by "
-                              f"model.text.heads={self.model.text.heads} — change one of them")
-        Objective.check(self.loss, self.model.init_logit_bias)
         check_attention_backend(self.model.attention)
-
-    def validate_run(self, run: RunContext) -> None:
-        """Checks that depend on the run: one global batch of data, a text lock that can lift."""
-        from common.data.run_data import check_run_data
-        check_run_data(self.data, self.eval, run.micro_batch, run.world_size)
+        check_run_data(self.data, self.eval, run)
         lock = self.model.text.lock_steps
         if lock > 0 and (run.world_size > 1 or run.deepspeed):
             raise ConfigError(f"model.text.lock_steps={lock} (a lock lifted during training) needs a single "

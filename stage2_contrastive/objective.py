@@ -37,7 +37,7 @@ import torch
 from open_clip.loss import ClipLoss, SigLipLoss
 from torch import nn
 
-from common.config.schema import ConfigError
+from common.errors import ConfigError
 
 LossKind = Literal["softmax", "sigmoid"]  # the config type of `loss`
 KINDS: tuple[str, ...] = get_args(LossKind)

@@ -22,17 +22,17 @@ import torch
 from open_clip.model import resize_text_pos_embed
 from torch import nn
 
-from common.artifacts import CLIP_WEIGHTS_FILE, OPEN_CLIP_WEIGHTS_FILE, TRUNK_FILE, complete_checkpoints
-from common.config.schema import ConfigError
-from common.vision.trunk_io import fit_trunk_state, load_trunk_state, log_load_report
+from common.artifacts import CLIP_WEIGHTS_FILE, OPEN_CLIP_WEIGHTS_FILE, TRUNK_FILE, weights_folders
+from common.errors import ConfigError
+from common.vision.trunk_io import fit_trunk_state, load_trunk_state
+from common.weights.fit import Report, Resample, fit_state_dict, load_fitted
 from stage2_contrastive.text_init import read_clip_checkpoint
 
 WEIGHT_FILES = (TRUNK_FILE, CLIP_WEIGHTS_FILE, OPEN_CLIP_WEIGHTS_FILE)
 TRUNK_PREFIX = "visual.trunk."
 TRUNK_MAY_DIFFER = ("head.", "fc_norm.")  # the pooling side of a trunk (classifier head, pooled norm)
 CLIP_MAY_DIFFER = ("logit_bias",)  # the sigmoid loss's bias: absent from a softmax model
-
-Report = dict[str, list[str]]
+CLIP_FIX = "is it a CLIP of the same configuration? set model.* (embed_dim, text tower, vision_proj) to its config"
 
 
 def resolve_init(path: str | Path) -> Path:
@@ -40,7 +40,7 @@ def resolve_init(path: str | Path) -> Path:
     path = Path(path)
     if path.is_file():
         return path
-    for folder in [path] + complete_checkpoints(path)[::-1]:
+    for folder in weights_folders(path):
         for name in WEIGHT_FILES:
             if (folder / name).is_file():
                 return folder / name
@@ -56,49 +56,28 @@ def init_model(model: nn.Module, file: str | Path) -> Report:
     return init_from_clip(model, state, str(file))
 
 
+def text_pos_resampler(model: nn.Module) -> Resample:
+    """The rule that resizes a saved text position embedding to the model's context length (open_clip's)."""
+    def resample(value: torch.Tensor) -> torch.Tensor:
+        if value.shape[-1] != model.text.positional_embedding.shape[-1]:
+            return value  # another width: not a resampling case, the fit reports both shapes
+        state = {"text.positional_embedding": value}
+        resize_text_pos_embed(state, model)
+        return state["text.positional_embedding"]
+    return resample
+
+
 def init_from_clip(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> Report:
     """Load a whole CLIP state dict (open_clip `CustomTextCLIP` layout) into `model`; see the module
-    docstring for what may be resampled, skipped or new. Raises `ConfigError` on anything else."""
+    docstring for what may be resampled, skipped or new. Raises `WeightsMismatchError` on anything else."""
     trunk_state = {k[len(TRUNK_PREFIX):]: v for k, v in state.items() if k.startswith(TRUNK_PREFIX)}
-    fitted_trunk, trunk_report = fit_trunk_state(trunk_state, model.visual.trunk, source, TRUNK_MAY_DIFFER)
-    report = {kind: [TRUNK_PREFIX + k for k in keys] for kind, keys in trunk_report.items()}
-    fitted = {TRUNK_PREFIX + k: v for k, v in fitted_trunk.items()}
-    fitted_rest, rest_report = _fit_towers(model, {k: v for k, v in state.items() if not k.startswith(TRUNK_PREFIX)},
-                                           source)
-    fitted.update(fitted_rest)
-    for kind, keys in rest_report.items():
-        report[kind] += keys
-    result = model.load_state_dict(fitted, strict=False)
-    assert not result.unexpected_keys and set(result.missing_keys) == set(report["new"]), result
-    log_load_report(source, report)
-    return report
-
-
-def _fit_towers(model: nn.Module, state: dict[str, torch.Tensor], source: str
-                ) -> tuple[dict[str, torch.Tensor], Report]:
-    """Everything but the trunk: the projection head, the text tower, logit scale and bias."""
+    fitted_trunk, trunk_report = fit_trunk_state(trunk_state, model.visual.trunk, f"--init '{source}'",
+                                                 TRUNK_MAY_DIFFER)
     own = {k: v for k, v in model.state_dict().items() if not k.startswith(TRUNK_PREFIX)}
-    text_pos = "text.positional_embedding"
-    before = state.get(text_pos)
-    if before is not None and text_pos in own and before.shape[-1] == own[text_pos].shape[-1]:
-        resize_text_pos_embed(state, model)  # open_clip's: to the model's context length
-    allowed = lambda key: key.startswith(CLIP_MAY_DIFFER)  # noqa: E731
-    fitted, report = {}, {"loaded": [], "resampled": [], "skipped": [], "new": []}
-    for key, value in state.items():
-        fits = key in own and own[key].shape == value.shape
-        if not fits and allowed(key):
-            report["skipped"].append(key)
-            continue
-        if not fits:
-            where = f"shape {tuple(own[key].shape)}" if key in own else "no such tensor"
-            raise ConfigError(f"--init {source}: '{key}' {tuple(value.shape)} does not fit this model ({where}) "
-                              "— set model.* (embed_dim, text tower, vision_proj) to the checkpoint's config")
-        fitted[key] = value.to(own[key].dtype)
-        report["resampled" if key == text_pos and before.shape != value.shape else "loaded"].append(key)
-    missing = [k for k in own if k not in fitted and k not in report["skipped"]]
-    if any(not allowed(k) for k in missing):
-        first = next(k for k in missing if not allowed(k))
-        raise ConfigError(f"--init {source}: lacks {len(missing)} tensors of this model (first: '{first}') — "
-                          "is it a CLIP of the same configuration?")
-    report["new"] = missing
-    return fitted, report
+    rest = {k: v for k, v in state.items() if not k.startswith(TRUNK_PREFIX)}
+    fitted, report = fit_state_dict(rest, own, f"--init '{source}'", "model", CLIP_FIX, CLIP_MAY_DIFFER,
+                                    {"text.positional_embedding": text_pos_resampler(model)})
+    fitted.update({TRUNK_PREFIX + k: v for k, v in fitted_trunk.items()})
+    for kind, keys in trunk_report.items():
+        report[kind] = [TRUNK_PREFIX + k for k in keys] + report[kind]
+    return load_fitted(model, fitted, report, source)

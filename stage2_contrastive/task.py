@@ -9,18 +9,24 @@ import torch
 from PIL import Image
 from torch import nn
 
-from common.artifacts import ClipConfig, ClipInfo, write_clip, write_hf_text_files
 from common.data.eval_sets import ZeroShotSet, check_label
 from common.data.run_data import RunData
 from common.data.templates import build_zeroshot_classifier, caption_of, get_templates
 from common.data.transforms import eval_transform, preprocess_cfg, train_transform
 from common.evaluation.classify import zeroshot_accuracy
-from common.train.context import RunContext
+from common.run_context import RunContext
 from common.train.optim import tower_param_groups
+from common.weights.formats import ClipConfig, ClipInfo, write_clip, write_hf_text_files
 from stage2_contrastive.accumulation import cached_contrastive_passes
 from stage2_contrastive.config import Stage2Config
-from stage2_contrastive.model import (build_clip, build_tokenizer, lock_towers, open_clip_model_cfg, set_text_lock,
-                                      text_param_groups)
+from stage2_contrastive.model import (
+    build_clip,
+    build_tokenizer,
+    lock_towers,
+    open_clip_model_cfg,
+    set_text_lock,
+    text_param_groups,
+)
 from stage2_contrastive.objective import Objective
 from stage2_contrastive.zeroshot import PairLoss, evaluate_clip
 

@@ -18,8 +18,9 @@ import torch
 from open_clip.model import convert_to_custom_text_state_dict
 from torch import nn
 
-from common.artifacts import load_weights
-from common.config.schema import ConfigError
+from common.errors import ConfigError
+from common.weights.fit import fit_state_dict
+from common.weights.safe_load import load_weights
 
 log = logging.getLogger("evaclip")
 
@@ -90,18 +91,9 @@ def load_text_tower(model: nn.Module, path: str | Path) -> dict[str, list[str]]:
     if not text_state:
         raise ConfigError(f"model.text.weights='{path}' holds no text tower (no 'text.*' or OpenAI-layout "
                           "'transformer.*' tensors) — pass an OpenAI or open_clip CLIP checkpoint")
-    own = model.text.state_dict()
-    missing = sorted(set(own) - set(text_state))
-    for key, value in text_state.items():
-        if key not in own or own[key].shape != value.shape:
-            shape = tuple(own[key].shape) if key in own else "no such tensor"
-            raise ConfigError(f"model.text.weights: '{key}' {tuple(value.shape)} does not fit the text tower "
-                              f"({shape}) — set model.text.open_clip_model (and model.embed_dim) to the "
-                              "checkpoint's config")
-    if missing:
-        raise ConfigError(f"model.text.weights: {len(missing)} text tensors missing (first: '{missing[0]}') — "
-                          "set model.text.open_clip_model to the checkpoint's config")
-    model.text.load_state_dict(text_state, strict=True)
+    fix = "set model.text.open_clip_model (and model.embed_dim) to the checkpoint's config"
+    fitted, _ = fit_state_dict(text_state, model.text.state_dict(), f"model.text.weights '{path}'", "text tower", fix)
+    model.text.load_state_dict(fitted, strict=True)
     report = {"loaded": [f"text.{k}" for k in text_state], "resampled": [],
               "skipped": sorted(k for k in state if not k.startswith("text.")), "new": []}
     log.info("text tower initialised from %s: %d tensors loaded, %d others skipped", path,

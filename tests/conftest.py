@@ -21,7 +21,7 @@ TINY_STAGE2 = [
 
 def single_process_run(micro_batch: int = 8) -> "RunContext":
     """The RunContext of one CPU process without DeepSpeed (tasks built outside the engine)."""
-    from common.train.context import RunContext
+    from common.run_context import RunContext
     return RunContext(rank=0, world_size=1, device=torch.device("cpu"), micro_batch=micro_batch, grad_accum=1,
                       precision="fp32", deepspeed=False)
 
@@ -48,7 +48,9 @@ def write_img2dataset_shards(out: Path, images: "np.ndarray", captions: list[str
     files are placeholders (nothing here reads them, and pyarrow is not a dependency)."""
     import io
     import json
+
     from PIL import Image
+
     from tests.run_records import write_tar
     out.mkdir(parents=True)
     for shard, start in enumerate(range(0, len(captions), per_shard)):
@@ -86,6 +88,7 @@ def uninterrupted_linear_run(tmp_path_factory):
     """nproc → the linear task's `LINEAR_RUN` trained without interruption on nproc processes (made once
     per session): what every fault-and-resume test of that run must reproduce bit for bit."""
     import subprocess
+
     from tests.launch import LINEAR_RUN, ROOT, linear_run, subprocess_env
     made: dict[int, Path] = {}
 

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from common.artifacts import EngineState, MetricsFile, checkpoint_dir, read_metrics
+from common.train.checkpoint.manifest import seal
 
 
 def losses(run_dir: Path) -> dict[int, float]:
@@ -63,4 +64,4 @@ def write_tar(path: Path, members: Iterable[tuple[str, bytes]]) -> None:
 def reseal(checkpoint: Path) -> None:
     """Rewrite a checkpoint's manifest to match its files as they are now: a file replaced together with
     its manifest (by hand, or by someone who means harm) passes the integrity check and meets the next one."""
-    EngineState.read(checkpoint).write(checkpoint)
+    seal(checkpoint, EngineState.read(checkpoint))

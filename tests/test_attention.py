@@ -11,8 +11,13 @@ import torch
 import torch.nn.functional as F
 
 import common.vision.attention
-from common.vision.attention import (BACKENDS, XformersEvaAttention, check_attention_backend,
-                                     set_attention_backend, xformers_unavailable_reason)
+from common.vision.attention import (
+    BACKENDS,
+    XformersEvaAttention,
+    check_attention_backend,
+    set_attention_backend,
+    xformers_unavailable_reason,
+)
 
 HAS_XFORMERS = importlib.util.find_spec("xformers") is not None
 NUM_BLOCKS_TINY = 12

@@ -14,10 +14,11 @@ import pytest
 import torch
 from safetensors import SafetensorError
 
-from common.artifacts import complete_checkpoints, damaged_files
-from common.config.schema import ConfigError
-from common.train import checkpoint as ckpt
-from common.train.checkpoint_write import CheckpointWriteError, describe_write_error
+from common.artifacts import complete_checkpoints
+from common.errors import CheckpointError
+from common.train.checkpoint import resume as ckpt
+from common.train.checkpoint.manifest import damaged_files
+from common.train.checkpoint.write import CheckpointWriteError, describe_write_error
 from common.train.preemption import REQUEUE_EXIT_STATUS
 from tests.run_records import assert_resumed_exactly, assert_same_weights, losses
 from tests.tasks import linear_task
@@ -65,7 +66,7 @@ def fill_disk_at(monkeypatch, where: str, nth: int = 1) -> None:
     monkeypatch.setattr(linear_task, "save_file", save_file)
 
 
-@pytest.mark.parametrize("where", ["step_00000004.tmp/optimizer.bin", "step_00000004.tmp/model.safetensors"])
+@pytest.mark.parametrize("where", ["step_00000004.tmp/optimizer.bin", "step_00000004.tmp/weights/model.safetensors"])
 def test_full_disk_during_a_checkpoint_stops_with_path_and_errno_and_the_previous_one_resumes(
         reference, tmp_path, monkeypatch, where):
     out = tmp_path / "run"
@@ -149,7 +150,7 @@ def test_a_damaged_checkpoint_is_refused_by_name_and_auto_falls_back_to_the_one_
     optimizer = newest / "optimizer.bin"
     size = optimizer.stat().st_size
     optimizer.write_bytes(optimizer.read_bytes()[: size // 2])  # truncated after it was written
-    with pytest.raises(ConfigError) as refused:
+    with pytest.raises(CheckpointError) as refused:
         run_linear(crashed, *RUN, resume=str(newest))
     assert str(refused.value).startswith(f"--resume {newest}: the checkpoint is damaged (optimizer.bin has "
                                          f"{size // 2} bytes, the manifest says {size})")
@@ -165,10 +166,10 @@ def test_a_bit_flip_is_caught_and_auto_never_starts_over_when_every_checkpoint_i
     shutil.copytree(reference / "checkpoints", run_dir / "checkpoints")
     checkpoints = complete_checkpoints(run_dir)
     flip_one_bit(checkpoints[-1] / "model.safetensors", offset=-5)  # a tensor byte: same size, other content
-    with pytest.raises(ConfigError, match=r"model\.safetensors does not match its sha256 in the manifest"):
+    with pytest.raises(CheckpointError, match=r"model\.safetensors does not match its sha256 in the manifest"):
         ckpt.resolve_resume(str(checkpoints[-1]), run_dir)
     assert ckpt.resolve_resume("auto", run_dir) == checkpoints[-2]
     for older in checkpoints[:-1]:
         (older / "random_states_0.pkl").unlink()
-    with pytest.raises(ConfigError, match=f"all {len(checkpoints)} checkpoints under .* are damaged"):
+    with pytest.raises(CheckpointError, match=f"all {len(checkpoints)} checkpoints under .* are damaged"):
         ckpt.resolve_resume("auto", run_dir)

@@ -40,6 +40,6 @@ def test_xformers_without_cuda_is_one_line_at_load_time(stage2_overrides, capsys
     assert "attention backend 'xformers' cannot run here" in one_line_error(capsys)
 
 
-def test_too_little_data_for_one_global_batch_is_one_line(stage2_overrides, capsys):
+def test_too_little_data_for_one_contrastive_batch_is_one_line(stage2_overrides, capsys):
     assert stage2_main(["--config", CONFIG, *stage2_overrides, "train.batch_size=100000"]) == 2
-    assert "fewer than one global batch" in one_line_error(capsys)
+    assert "fewer than one contrastive batch" in one_line_error(capsys)

@@ -15,11 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-
 from torch import nn
 
 from common.artifacts import TRUNK_FILE, checkpoint_dir, complete_checkpoints
-from common.config.schema import ConfigError
+from common.errors import ConfigError
 from common.export import export_open_clip
 from common.train.compile import compile_in_place, repeated_blocks
 from stage1_mim.train import main as stage1_main
@@ -97,7 +96,8 @@ def test_compiled_stage2_really_compiles_and_equals_eager(stage2_runs):
 
 @pytest.mark.slow
 def test_compiled_checkpoints_and_weights_keep_the_eager_names(stage2_runs):
-    for file in ("model.safetensors", f"checkpoints/{checkpoint_dir('.', STEPS).name}/model.safetensors"):
+    checkpoint = f"checkpoints/{checkpoint_dir('.', STEPS).name}"
+    for file in ("model.safetensors", f"{checkpoint}/weights/model.safetensors", f"{checkpoint}/model.safetensors"):
         eager, compiled = (load_file(str(stage2_runs[k] / file)) for k in ("eager", "compiled"))
         assert sorted(compiled) == sorted(eager), file  # no `_orig_mod.` anywhere
         for key, value in eager.items():

@@ -7,9 +7,10 @@ from typing import Literal, Optional
 import pytest
 import yaml
 
-from common.config.schema import ConfigError, load_config
-from common.train.cli import parse_cli
 from common.artifacts import CONFIG_FILE, read_config, write_config
+from common.config.schema import load_config
+from common.errors import ConfigError
+from common.train.cli import parse_cli
 
 
 @dataclass

@@ -11,8 +11,9 @@ import subprocess
 import pytest
 import torch
 
-from common.config.schema import ConfigError, load_config
-from common.train.context import RunContext
+from common.config.schema import load_config
+from common.errors import ConfigError
+from common.run_context import RunContext
 from common.train.engine import train
 from stage2_contrastive.config import Stage2Config
 from stage2_contrastive.task import ContrastiveTask
@@ -85,7 +86,7 @@ def test_sigmoid_bias_default_counts_the_contrastive_batch(stage2_overrides):
     cfg = load_config(Stage2Config, None, [*stage2_overrides, "loss=sigmoid"])
     run = RunContext(rank=0, world_size=2, device=torch.device("cpu"), micro_batch=8, grad_accum=3,
                      precision="fp32", deepspeed=False, contrastive_accum=4)
-    assert run.contrastive_batch == 64 and run.global_batch == 192
+    assert run.contrastive_batch == 64 and run.samples_per_step == 192
     assert ContrastiveTask(cfg, run).objective.init_logit_bias == pytest.approx(-math.log(63))
 
 

@@ -15,13 +15,14 @@ import numpy as np
 import psutil
 import pytest
 import torch
-from webdataset import tariterators
 from PIL import Image
+from webdataset import tariterators
 
-from common.config.schema import ConfigError
+from common import stop_signals
 from common.data import samples, shard_list, streams
 from common.datasets.shard_writer import _NoBar, write_split
 from common.datasets.sources import EncodedImage, Record, encode_png
+from common.errors import ConfigError
 
 N_SHARDS, PER_SHARD = 4, 10  # sample id i: an 8×8 gray image filled with value i, class i % 3
 
@@ -84,10 +85,10 @@ def test_resolve_shards_no_match_names_the_fix(tmp_path):
         shard_list.resolve_shards(str(tmp_path / "nothing"))
 
 
-def test_shards_holding_less_than_one_global_batch_are_a_config_error(shards):
-    shard_list.require_one_global_batch(str(shards), 20, 2)  # 40 samples: exactly one global batch
-    with pytest.raises(ConfigError, match="fewer than one global batch"):
-        shard_list.require_one_global_batch(str(shards), 16, 3)
+def test_shards_holding_less_than_one_contrastive_batch_are_a_config_error(shards):
+    shard_list.require_one_contrastive_batch(str(shards), 40, '20 per process × 2 processes')  # exactly 40 samples
+    with pytest.raises(ConfigError, match="fewer than one contrastive batch"):
+        shard_list.require_one_contrastive_batch(str(shards), 48, '16 per process × 3 processes')
 
 
 def test_train_loader_is_deterministic_for_a_seed(shards):
@@ -257,19 +258,19 @@ def test_loader_workers_outlive_a_stop_signal_while_training(shards):
     stream = iter(train_loader(shards, num_workers=1))
     next(stream)
     (worker,) = set(psutil.Process().children()) - before
-    samples.shield_loader_workers(True)  # what the training loop does while it runs
+    stop_signals.shield_loader_workers(True)  # what the training loop does while it runs
     try:
         for sig in (signal.SIGTERM, signal.SIGUSR1):
             worker.send_signal(sig)
         assert len(ids([next(stream) for _ in range(4)])) == 32
         assert worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE
     finally:
-        samples.shield_loader_workers(False)
+        stop_signals.shield_loader_workers(False)
     del stream  # shut down as usual
 
 
 def _worker_that_ignores_stop_signals_while_training(ready) -> None:
-    samples.ignore_stop_signals_while_training()
+    stop_signals.ignore_stop_signals_while_training()
     ready.set()
     time.sleep(60)
 
@@ -279,7 +280,7 @@ def test_after_training_a_worker_stops_on_a_stop_signal_again():
     fork = multiprocessing.get_context("fork")
     ready = fork.Event()
     worker = fork.Process(target=_worker_that_ignores_stop_signals_while_training, args=(ready,))
-    samples.shield_loader_workers(True)
+    stop_signals.shield_loader_workers(True)
     try:
         worker.start()
         assert ready.wait(timeout=60)
@@ -287,7 +288,7 @@ def test_after_training_a_worker_stops_on_a_stop_signal_again():
         worker.join(timeout=1.0)
         assert worker.is_alive()
     finally:
-        samples.shield_loader_workers(False)
+        stop_signals.shield_loader_workers(False)
     os.kill(worker.pid, signal.SIGTERM)
     worker.join(timeout=30)
     assert worker.exitcode == -signal.SIGTERM

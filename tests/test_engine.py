@@ -10,12 +10,11 @@ import torch
 from safetensors.torch import load_file
 
 from common.artifacts import complete_checkpoints
-from common.config.schema import ConfigError
+from common.errors import CheckpointError
 from common.train.engine import NonFiniteError
 from tests.launch import ROOT, subprocess_env, torchrun
 from tests.run_records import assert_resumed_exactly, losses
 from tests.tasks.linear_task import Crash, run_linear
-
 
 run = run_linear
 
@@ -43,11 +42,11 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path):
 
 def test_resume_under_another_schedule_or_from_nothing_names_the_fix(tmp_path):
     run(tmp_path, "train.steps=4", "train.save_every=2")
-    with pytest.raises(ConfigError, match="trained with steps=4, this run has steps=8 — set train.steps 4"):
+    with pytest.raises(CheckpointError, match="trained with steps=4, this run has steps=8 — set train.steps 4"):
         run(tmp_path, "train.steps=8", resume="auto")
-    with pytest.raises(ConfigError, match="global_batch=16, this run has global_batch=32"):
+    with pytest.raises(CheckpointError, match="samples_per_step=16, this run has samples_per_step=32"):
         run(tmp_path, "train.steps=4", "train.batch_size=32", resume="auto")
-    with pytest.raises(ConfigError, match="no complete checkpoint under"):
+    with pytest.raises(CheckpointError, match="no complete checkpoint under"):
         run(tmp_path / "empty", resume=str(tmp_path / "empty"))
 
 

@@ -9,11 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common.config.schema import ConfigError, load_config
+from common.artifacts import read_metrics
+from common.config.schema import load_config
 from common.data.run_data import check_run_data
 from common.data.shard_list import resolve_shards, shard_sizes
 from common.data.streams import make_eval_loader
-from common.artifacts import read_metrics
+from common.errors import ConfigError
 from stage2_contrastive.config import Stage2Config
 from stage2_contrastive.task import ContrastiveTask
 from stage2_contrastive.train import main
@@ -109,7 +110,7 @@ def test_img2dataset_shards_train_and_evaluate_without_labels(caption_shards, fm
 
 
 def check(cfg: Stage2Config) -> None:
-    check_run_data(cfg.data, cfg.eval, micro_batch=8, world_size=1)
+    check_run_data(cfg.data, cfg.eval, single_process_run())
 
 
 @pytest.mark.parametrize("case, message", [

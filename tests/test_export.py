@@ -12,10 +12,11 @@ import timm
 import torch
 from PIL import Image
 
-from common.artifacts import ClipConfig, ClipInfo, NotARunError, write_clip, write_hf_text_files
-from common.export import export_open_clip, export_timm
+from common.errors import NotARunError
+from common.weights.formats import ClipConfig, ClipInfo, write_clip, write_hf_text_files
 from common.config.sections import AugmentConfig
 from common.data.transforms import eval_transform, preprocess_cfg
+from common.export import export_open_clip, export_timm
 from stage2_contrastive.config import ModelConfig, TextConfig
 from stage2_contrastive.model import build_clip, build_tokenizer, open_clip_model_cfg
 from stage2_contrastive.objective import Objective

@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from common.artifacts import ClipConfig
+from common.weights.formats import ClipConfig
 from common.export import export_open_clip
 from common.export.towers import path_named_towers
 from scripts.export_open_clip import main as export_cli

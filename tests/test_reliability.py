@@ -19,10 +19,10 @@ import pytest
 from PIL import Image
 
 from common.artifacts import complete_checkpoints
-from tests.conftest import TINY_STAGE2
+from tests.conftest import TINY_STAGE2, single_process_run
 from tests.launch import LINEAR_RUN, ROOT, free_port, linear_run, subprocess_env
 from tests.run_records import assert_resumed_exactly, loss_records, losses, start_records, write_tar
-from tests.conftest import single_process_run
+
 
 def kill_when_logged(proc: subprocess.Popen, run_dir: Path, step: int, timeout: float = 240) -> None:
     """SIGKILL the launcher's process group and every process under it once `step` has been logged

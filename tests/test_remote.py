@@ -1,4 +1,4 @@
-"""`train.remote_dir` (common/train/remote.py): a run whose machine is lost after its step-2 checkpoint, with
+"""`train.remote_dir` (common/train/checkpoint/remote.py): a run whose machine is lost after its step-2 checkpoint, with
 its local folder deleted, resumes with `--resume auto` from the remote copy (file:// and fsspec's
 memory://) and continues exactly like an uninterrupted run: the same start records, every step logged
 once, bit-identical losses and weights. A remote folder without the completion marker is never restored."""
@@ -11,9 +11,11 @@ import fsspec
 import pytest
 
 from common.artifacts import ENGINE_STATE_FILE
-from common.config.schema import ConfigError, load_config
+from common.config.schema import load_config, validate_run
+from common.errors import ConfigError
 from common.train.engine import train
-from common.train.remote import RemoteRun
+from common.train.checkpoint.remote import RemoteRun
+from tests.conftest import single_process_run
 from tests.run_records import assert_resumed_exactly
 from tests.tasks.stream_task import StreamConfig, StreamTask
 
@@ -70,4 +72,4 @@ def test_a_remote_checkpoint_without_its_marker_is_not_restored(tmp_path):
 
 def test_an_unknown_remote_scheme_is_a_one_line_error():
     with pytest.raises(ConfigError, match="train.remote_dir='nosuch://x'.*no fsspec file system"):
-        load_config(StreamConfig, None, ["train.remote_dir=nosuch://x"])
+        validate_run(load_config(StreamConfig, None, ["train.remote_dir=nosuch://x"]), single_process_run())

@@ -14,20 +14,19 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from common.config.schema import load_config
-from common.train.engine import Trainer
-from common.export import export_open_clip
 from common.artifacts import read_metrics
+from common.config.schema import load_config
+from common.export import export_open_clip
+from common.train.engine import Trainer
 from stage1_mim.config import Stage1Config
 from stage1_mim.loss import masked_cosine_loss
 from stage1_mim.task import MimTask
 from stage1_mim.teacher import FrozenTeacher, build_teacher
 from stage1_mim.train import main as stage1_main
 from stage2_contrastive.train import main as stage2_main
-from tests.conftest import TINY_STAGE2
+from tests.conftest import TINY_STAGE2, single_process_run
 from tests.test_stage1_model import block_runs_in_forward_backward
 from tests.test_teacher import STUDENT_GRID, STUDENT_NORM, reference_targets, save_native_vit_folder
-from tests.conftest import single_process_run
 
 STAGE1 = "configs/stage1/fmnist_tiny.yaml"
 STAGE2 = "configs/stage2/fmnist_tiny.yaml"
@@ -86,7 +85,7 @@ def stage1_run(fmnist_shards, teacher_export, tmp_path_factory) -> Stage1Run:
     overrides = stage1_overrides(fmnist_shards, out, teacher_export, f"train.steps={STAGE1_STEPS}",
                                  "student.grad_checkpointing=true")
     cfg = load_config(Stage1Config, STAGE1, overrides)
-    trainer = Trainer(cfg, lambda run: MimTask(cfg, run))
+    trainer = Trainer.build(cfg, lambda run: MimTask(cfg, run))
     task = trainer.task
     teacher_before = clone_state(task.teacher)  # built, not yet trained
     try:

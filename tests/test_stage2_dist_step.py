@@ -9,8 +9,8 @@ import subprocess
 import pytest
 import torch
 
-from common.train.accelerator import make_accelerator
 from common.config.sections import TrainConfig
+from common.train.accelerator import make_accelerator
 from tests.launch import ROOT, subprocess_env, torchrun
 from tests.tasks.stage2_step import KINDS, run_step
 

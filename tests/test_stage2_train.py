@@ -13,16 +13,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from common.artifacts import load_weights
+from common.artifacts import read_metrics
+from common.weights.safe_load import load_weights
 from common.config.schema import load_config
 from common.train.engine import data_seed
-from common.artifacts import read_metrics
 from stage2_contrastive.config import Stage2Config
 from stage2_contrastive.task import ContrastiveTask
 from stage2_contrastive.train import main
+from tests.conftest import single_process_run
 from tests.launch import ROOT, subprocess_env
 from tests.run_records import assert_resumed_exactly, loss_records, losses, write_tar
-from tests.conftest import single_process_run
 
 CONFIG = "configs/stage2/fmnist_tiny.yaml"
 

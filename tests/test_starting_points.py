@@ -15,8 +15,9 @@ from open_clip.model import CLIP, CustomTextCLIP
 from safetensors.torch import save_file
 from timm.layers import resample_abs_pos_embed
 
-from common.artifacts import ClipConfig, ClipInfo, write_clip
-from common.config.schema import ConfigError, load_config
+from common.weights.formats import ClipConfig, ClipInfo, write_clip
+from common.config.schema import load_config
+from common.errors import ConfigError, WeightsMismatchError
 from common.export import export_open_clip
 from stage2_contrastive.config import Stage2Config
 from stage2_contrastive.model import build_clip, build_tokenizer, open_clip_model_cfg
@@ -68,7 +69,7 @@ def test_text_tower_from_a_clip_checkpoint_gives_its_own_text_embeddings(source_
 
 def test_text_weights_of_another_width_are_a_one_line_error(source_files):
     folder, _ = source_files
-    with pytest.raises(ConfigError, match=r"does not fit the text tower.*model.text.open_clip_model") as info:
+    with pytest.raises(WeightsMismatchError, match=r"does not fit the text tower.*model.text.open_clip_model") as info:
         stage2_model([*TINY, "model.embed_dim=16", f"model.text.open_clip_model={folder / 'tiny_clip.json'}",
                       f"model.text.weights={folder / 'openai_layout.bin'}"])
     assert "\n" not in str(info.value)
@@ -133,6 +134,6 @@ def test_continuation_at_a_larger_size_resamples_pos_embeds_and_a_loss_switch_ad
 def test_init_from_a_model_of_another_width_is_a_one_line_error(stage2_run):
     run, _ = stage2_run
     model, _ = stage2_model([*TINY, "model.embed_dim=16"])
-    with pytest.raises(ConfigError, match=r"--init .*does not fit this model") as info:
+    with pytest.raises(WeightsMismatchError, match=r"--init .*does not fit the model") as info:
         init_model(model, resolve_init(run))
     assert "\n" not in str(info.value)

@@ -58,7 +58,7 @@ def prebuilt_trainer(cfg: Any, make_task: Any, make_batch: Any, device: str, out
         batch = {k: v.to(device) for k, v in make_batch(task).items()}
         task.train_batches = lambda seed: cycle([batch])
         return task
-    return Trainer(cfg, make)
+    return Trainer.build(cfg, make)
 
 
 def stage2_trainer(shards: Path, device: str, out: Path) -> Trainer:
@@ -102,12 +102,12 @@ TRAINERS = {"stage2": stage2_trainer, "stage2_contrastive_accum": stage2_accum_t
 def reads_per_step(trainer: Trainer, counter: ReadCounter) -> list[int]:
     """Tensor reads in each loop iteration of `fit` (iteration i: from step i's start to step i+1's)."""
     marks: list[int] = []
-    train_step = trainer._train_step
+    train_step = trainer.step
 
     def marked(batches: Any) -> Any:
         marks.append(counter.calls)
         return train_step(batches)
-    trainer._train_step = marked
+    trainer.step = marked
     trainer.fit()
     return [b - a for a, b in zip(marks, marks[1:])]
 
@@ -129,15 +129,13 @@ def test_no_tensor_reads_between_log_steps_on_cpu(shards, tmp_path, monkeypatch,
 @pytest.mark.parametrize("stage", list(TRAINERS))
 def test_no_cuda_sync_between_log_steps(shards, tmp_path, stage):
     trainer = TRAINERS[stage](shards, "cuda", tmp_path)
-    batches = trainer._batches()
+    batches = trainer.batches()
     try:
-        trainer._train_step(batches)  # warm-up: lazy initialisation may sync once
+        trainer.step(batches)  # warm-up: lazy initialisation may sync once
         torch.cuda.set_sync_debug_mode("error")
         try:
             for _ in range(LOG_EVERY - 1):
-                loss, status, extras = trainer._train_step(batches)
-                trainer.window.push(trainer.step + 1, loss, status)
-                trainer.step += 1
+                trainer.step(batches)
         finally:
             torch.cuda.set_sync_debug_mode("default")
     finally:

@@ -8,9 +8,10 @@ import torch
 from open_clip.transform import AugmentationCfg, PreprocessCfg, image_transform_v2
 from PIL import Image
 
-from common.config.schema import ConfigError, load_config
+from common.config.schema import load_config
 from common.config.sections import AugmentConfig
 from common.data.transforms import eval_transform, preprocess_cfg, train_transform
+from common.errors import ConfigError
 from stage2_contrastive.config import Stage2Config
 
 SIZE = 28

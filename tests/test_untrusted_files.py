@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from common.artifacts import EngineState, UnsafeFileError, complete_checkpoints
+from common.artifacts import EngineState, complete_checkpoints
+from common.errors import UnsafeFileError
 from stage1_mim.train import main as stage1_main
 from stage2_contrastive.train import main as stage2_main
 from tests.run_records import reseal

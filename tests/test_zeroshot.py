@@ -16,8 +16,17 @@ import torch.nn.functional as F
 from common.evaluation.topk import topk_accuracy
 from stage2_contrastive.zeroshot import RECALL_AT, caption_ids, retrieval_recall
 from tests.launch import ROOT, subprocess_env, torchrun
-from tests.tasks.zeroshot_eval import (CASES, CRC32_TWINS, LABEL_RANKS, LOSS_CHUNK, LOSSES, EvalCase,
-                                      captions_case, evaluate_case, ranked_case)
+from tests.tasks.zeroshot_eval import (
+    CASES,
+    CRC32_TWINS,
+    LABEL_RANKS,
+    LOSS_CHUNK,
+    LOSSES,
+    EvalCase,
+    captions_case,
+    evaluate_case,
+    ranked_case,
+)
 
 
 def naive_loss(images: torch.Tensor, texts: torch.Tensor, kind: str) -> float:

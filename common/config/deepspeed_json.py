@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from common.config.schema import ConfigError
+from common.errors import ConfigError
 
 ZERO_STAGES = (0, 1, 2, 3)
 

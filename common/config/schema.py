@@ -19,11 +19,9 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 
 import yaml
 
+from common.errors import ConfigError
+
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A bad config key or value; the message is one line that names the fix."""
 
 
 def _closest(key: str, valid: list[str]) -> str:
@@ -205,17 +203,28 @@ def load_config(schema: type[T], path: str | Path | None, overrides: typing.Sequ
     return cfg
 
 
-def _validate_tree(cfg: Any) -> None:
-    """Call `validate()` on every section that has one (list items included), innermost first, then on
+def _call_tree(cfg: Any, method: str, *args: Any) -> None:
+    """Call `method(*args)` on every section that has one (list items included), innermost first, then on
     `cfg` itself."""
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         for section in (value if isinstance(value, list) else [value]):
             if dataclasses.is_dataclass(section):
-                _validate_tree(section)
-    validate = getattr(cfg, "validate", None)
-    if callable(validate):
-        validate()
+                _call_tree(section, method, *args)
+    bound = getattr(cfg, method, None)
+    if callable(bound):
+        bound(*args)
+
+
+def _validate_tree(cfg: Any) -> None:
+    """`validate()` of every section: the values alone (a config stays loadable after its files moved)."""
+    _call_tree(cfg, "validate")
+
+
+def validate_run(cfg: Any, run: Any) -> None:
+    """`validate_run(run)` of every section: the checks that read the disk, the model registries or the
+    machine, or need the run's facts (world size, batch figures) — before any model is built."""
+    _call_tree(cfg, "validate_run", run)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

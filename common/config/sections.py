@@ -8,7 +8,7 @@ from typing import Literal, Union, get_args
 
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
-from common.config.schema import ConfigError
+from common.errors import ConfigError
 
 Precision = Literal["fp32", "bf16", "fp16"]
 CompileMode = Literal["none", "model", "blocks"]  # train.compile: common.train.compile
@@ -50,7 +50,8 @@ class TrainConfig:
     progress: bool = True  # tqdm progress bar on the main process
     tensorboard: bool = True
 
-    def validate(self) -> None:
+    def validate_run(self, run: object) -> None:
+        """The files and packages this section names: the DeepSpeed JSON, the remote file system."""
         if self.remote_dir:
             check_remote_url(self.remote_dir)
         if self.deepspeed:

@@ -13,10 +13,10 @@ from typing import Any, Sequence
 
 from webdataset.tariterators import tarfile_samples
 
-from common.config.schema import ConfigError
 from common.config.sections import ZeroShotSetConfig
 from common.data.shard_list import beside_shards, read_classname_file, resolve_shards
 from common.data.templates import Template, load_templates
+from common.errors import ConfigError
 
 TEMPLATES_FILE = "zeroshot_classification_templates.txt"  # clip_benchmark's name
 CLASSNAMES_FILE = "classnames.txt"

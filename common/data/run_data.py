@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Iterator, Sequence
 
-from common.config.schema import ConfigError
 from common.config.sections import DataConfig, EvalConfig
 from common.data.eval_sets import ZeroShotSet, check_zeroshot_set, resolve_zeroshot_set
 from common.data.samples import MapSample
-from common.data.shard_list import read_classnames, require_one_global_batch, resolve_shards
+from common.data.shard_list import read_classnames, require_one_contrastive_batch, resolve_shards
 from common.data.streams import StreamSource, make_eval_loader, make_train_loader
+from common.errors import ConfigError
+from common.run_context import RunContext
 
 
 def resolve_sources(cfg: DataConfig) -> list[StreamSource]:
@@ -32,11 +33,13 @@ def resolve_zeroshot_sets(data: DataConfig, eval_cfg: EvalConfig) -> list[ZeroSh
     return [resolve_zeroshot_set(item, i, data.templates) for i, item in enumerate(eval_cfg.zeroshot)]
 
 
-def check_run_data(data: DataConfig, eval_cfg: EvalConfig, micro_batch: int, world_size: int) -> None:
+def check_run_data(data: DataConfig, eval_cfg: EvalConfig, run: RunContext) -> None:
     """Start-up checks (the stages' `validate_run`), before any model is built: every training source
-    matches shards that hold one global batch; every zero-shot set resolves and is labelled."""
+    matches shards that hold one contrastive batch; every zero-shot set resolves and is labelled."""
     resolve_sources(data)
-    require_one_global_batch(",".join(s.shards for s in data.train_sources()), micro_batch, world_size)
+    figures = (f"{run.micro_batch} per process × contrastive_accum {run.contrastive_accum} × "
+               f"{run.world_size} processes")
+    require_one_contrastive_batch(",".join(s.shards for s in data.train_sources()), run.contrastive_batch, figures)
     for i, (item, zs) in enumerate(zip(eval_cfg.zeroshot, resolve_zeroshot_sets(data, eval_cfg))):
         check_zeroshot_set(item, i, zs)
 

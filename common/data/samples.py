@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import io
 import logging
-import multiprocessing
-import os
 import random
-import signal
 from typing import Any, Callable, Iterable, Iterator, Optional
 
 import numpy as np
@@ -27,7 +24,6 @@ from PIL import Image, ImageOps
 
 log = logging.getLogger("evaclip")
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # a training run checkpoints and stops on these
 MapSample = Callable[[Image.Image, dict[str, Any]], dict[str, Any]]
 IMAGE_KEYS = ("png", "jpg", "jpeg", "webp")
 MAX_CONSECUTIVE_ERRORS = 1000  # map/decode failures in a row → a bug, not bad data: raise
@@ -66,31 +62,6 @@ class SkipCounter:
         return pending
 
 
-_TRAINING = multiprocessing.RawValue("b", 0)  # shared with loader workers forked later: 1 while training
-
-
-def shield_loader_workers(on: bool) -> None:
-    """Called by the training loop (common.train.preemption) when it starts (True) and ends (False): while
-    on, STOP_SIGNALS do not stop this process's loader workers (see `ignore_stop_signals_while_training`)."""
-    _TRAINING.value = int(on)
-
-
-def _stop_signal_in_worker(signum: int, frame: Any) -> None:
-    if _TRAINING.value:
-        return  # the training process finishes its step and checkpoints first; this worker ends with its loader
-    signal.signal(signum, signal.SIG_DFL)  # training is over: stop as a signalled process does
-    os.kill(os.getpid(), signum)
-
-
-def ignore_stop_signals_while_training() -> None:
-    """Called in a loader worker. A signal sent to the whole process group or job step (SLURM, `kill -TERM
-    -PGID`) reaches the workers too; torch's worker handler would die on it and take the step's batches
-    away before the checkpoint. While the training loop runs they ignore STOP_SIGNALS; after it, they stop
-    on them again (so a loader shut down at exit can still be terminated). Workers forked: Linux's default."""
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, _stop_signal_in_worker)
-
-
 class PrivateRNG:
     """Global torch and `random` RNG states of one stream. In-process (num_workers=0) they are swapped
     in around each `map_sample` call (~30 µs); a worker process owns its globals, so `install()` sets
@@ -115,8 +86,6 @@ class PrivateRNG:
         self.state = (torch.get_rng_state(), random.getstate())
         torch.set_rng_state(self.outer[0])
         random.setstate(self.outer[1])
-
-
 
 def _decode(sample: dict[str, Any]) -> Image.Image:
     key = next((k for k in IMAGE_KEYS if k in sample), None)

@@ -11,7 +11,7 @@ from typing import Optional
 
 from braceexpand import braceexpand
 
-from common.config.schema import ConfigError
+from common.errors import ConfigError
 
 
 def _split_top_level(spec: str) -> list[str]:
@@ -105,13 +105,12 @@ def shard_sizes(urls: list[str]) -> Optional[list[int]]:
     return sizes
 
 
-def require_one_global_batch(spec: str, batch_size: int, world_size: int) -> None:
-    """`ConfigError` when `sizes.json` shows the shards of `spec` hold fewer samples than one global batch
-    (no check when sizes.json does not list every shard)."""
+def require_one_contrastive_batch(spec: str, contrastive_batch: int, figures: str) -> None:
+    """`ConfigError` when `sizes.json` shows the shards of `spec` hold fewer samples than one contrastive
+    batch (`figures` says how it is made up); no check when sizes.json does not list every shard."""
     urls = resolve_shards(spec)
     sizes = shard_sizes(urls)
-    need = batch_size * world_size
-    if sizes is not None and sum(sizes) < need:
-        raise ConfigError(f"'{spec}' holds {sum(sizes)} samples, fewer than one global batch "
-                          f"({batch_size} per process × {world_size} processes = {need}) — lower "
-                          "train.batch_size or write more data with scripts/make_shards.py")
+    if sizes is not None and sum(sizes) < contrastive_batch:
+        raise ConfigError(f"'{spec}' holds {sum(sizes)} samples, fewer than one contrastive batch ({figures} = "
+                          f"{contrastive_batch}) — lower train.batch_size or write more data with "
+                          "scripts/make_shards.py")

@@ -36,14 +36,15 @@ import torch
 import webdataset as wds
 from webdataset.tariterators import tarfile_samples
 
-from common.data.samples import (MapSample, PrivateRNG, SkipCounter, batches, decode_and_map,
-                                 ignore_stop_signals_while_training)
+from common.data.samples import MapSample, PrivateRNG, SkipCounter, batches, decode_and_map
 from common.data.shard_list import shard_sizes
+from common.errors import RunFault
+from common.stop_signals import ignore_stop_signals_while_training
 
 ERROR_KEY = "__no_readable_shard__"
 
 
-class NoReadableShardError(RuntimeError):
+class NoReadableShardError(RunFault):
     """None of the shards of a training stream gives a sample; the message is one line naming them."""
 
 

@@ -1,7 +1,7 @@
 """The export's model card: `README.md` in open_clip's model-card layout (its own `generate_readme`: the
 YAML header with `library_name: open_clip` and the license, details, usage), then the results of the run's
 evaluations and the training recipe with the resolved config of each stage; the same configs as JSON in
-`training_config.json`. Everything comes from the run folders (`common.artifacts.RunSummary`)."""
+`training_config.json`. Everything comes from the run folders (`common.export.run_summary.RunSummary`)."""
 from __future__ import annotations
 
 import json
@@ -11,8 +11,10 @@ from typing import Any, Optional
 
 import yaml
 
-from common.artifacts import ClipConfig, EvalRecord, RunSummary
+from common.artifacts import EvalRecord
+from common.export.run_summary import RunSummary
 from common.export.towers import RELOCATE_COMMAND, path_named_towers
+from common.weights.formats import ClipConfig
 
 MODEL_CARD_FILE = "README.md"
 TRAINING_CONFIG_FILE = "training_config.json"
@@ -34,16 +36,18 @@ class CardFacts:
 
 
 def run_line(run: RunSummary) -> str:
-    """'run `FOLDER`: N steps × global batch B (…), precision' from what the folder says."""
+    """'run `FOLDER`: N steps × S samples per step (…), precision', the batch figures as the run recorded them."""
     if run.train is None:
         return f"run `{run.folder}` (its config.yaml was not found at export)"
     t = run.train
     steps = run.last_step if run.last_step is not None else t.steps
-    if run.world_size is None:
-        return (f"run `{run.folder}`: {steps} steps, {t.batch_size} per process × grad_accum {t.grad_accum} "
-                f"(its process count was not logged), {t.precision}")
-    return (f"run `{run.folder}`: {steps} steps × global batch {run.global_batch} ({t.batch_size} per process "
-            f"× grad_accum {t.grad_accum} × {run.world_size} processes), {t.precision}")
+    b = run.batch
+    if b is None:
+        return (f"run `{run.folder}`: {steps} steps, {t.batch_size} per process × contrastive_accum "
+                f"{t.contrastive_accum} × grad_accum {t.grad_accum} (its process count was not logged), {t.precision}")
+    return (f"run `{run.folder}`: {steps} steps × {b['samples_per_step']} samples per step (contrastive batch "
+            f"{b['contrastive_batch']} = {b['micro_batch']} per process × contrastive_accum {b['contrastive_accum']} "
+            f"× {b['world_size']} processes; × grad_accum {b['grad_accum']}), {t.precision}")
 
 
 def text_tower_line(text_cfg: dict[str, Any]) -> str:

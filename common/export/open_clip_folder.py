@@ -15,12 +15,13 @@ from typing import Optional
 
 from safetensors.torch import save_file
 
-from common.artifacts import (CLIP_WEIGHTS_FILE, OPEN_CLIP_WEIGHTS_FILE, ClipConfig, RunSummary, find_weights,
-                              load_weights, run_folder_of, weights_step)
+from common.artifacts import CLIP_WEIGHTS_FILE, OPEN_CLIP_WEIGHTS_FILE, find_weights, run_folder_of, weights_step
 from common.export.model_card import CardFacts, write_model_card
+from common.export.run_summary import RunSummary
 from common.export.timm_trunk import clip_trunk_state
 from common.export.towers import check_hub_id, relocate, write_towers
-
+from common.weights.formats import ClipConfig
+from common.weights.safe_load import load_weights
 
 
 def export_open_clip(run_dir: str | Path, out_dir: str | Path, hub_id: Optional[str] = None,

@@ -6,8 +6,10 @@ from typing import Any
 
 import torch
 
-from common.artifacts import (CLIP_WEIGHTS_FILE, TRUNK_FILE, ClipConfig, NotARunError, TrunkInfo, find_weights,
-                              load_weights, read_trunk_info, save_trunk)
+from common.artifacts import CLIP_WEIGHTS_FILE, TRUNK_FILE, find_weights
+from common.errors import NotARunError
+from common.weights.formats import ClipConfig, TrunkInfo, read_trunk_info, save_trunk
+from common.weights.safe_load import load_weights
 
 CLIP_TRUNK_PREFIX = "visual.trunk."  # where open_clip's TimmModel keeps the timm trunk in a CLIP state dict
 

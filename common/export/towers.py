@@ -27,8 +27,10 @@ import timm
 import torch
 from timm.models import parse_model_name
 
-from common.artifacts import HF_TEXT_DIR, ClipConfig, ClipInfo, NotARunError
+from common.artifacts import HF_TEXT_DIR
+from common.errors import NotARunError
 from common.vision.trunk import create_eva_trunk
+from common.weights.formats import ClipConfig, ClipInfo
 
 RELOCATE_COMMAND = "scripts/export_open_clip.py --relocate"
 TOWERS_DIR = "if-moved-run-export_open_clip.py--relocate"  # in the path a moved export fails to find

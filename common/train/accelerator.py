@@ -15,7 +15,7 @@ import torch
 
 from common.config.deepspeed_json import read_deepspeed_json
 from common.config.sections import TrainConfig
-from common.train.context import RunContext
+from common.run_context import RunContext
 from common.train.elastic import init_restarted_group
 
 
@@ -102,3 +102,14 @@ def shutdown(accelerator: Any, model: Any, wait_for_peers: bool = True) -> None:
         torch.distributed.destroy_process_group()
     from accelerate.state import AcceleratorState
     AcceleratorState._reset_state(reset_partial_state=True)  # a process may train again, in another precision
+
+
+def abandon(accelerator: Any) -> None:
+    """Undo `make_accelerator` after the run failed to build (a bad input found by its checks, a checkpoint
+    that would not load): no barrier (the other ranks may have failed too, or not), the process group
+    destroyed and accelerate's global state reset, so this process may build another run."""
+    accelerator.free_memory()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    from accelerate.state import AcceleratorState
+    AcceleratorState._reset_state(reset_partial_state=True)

@@ -3,10 +3,11 @@ everything validated before a model is built, then the engine. Every error the C
 line on stderr, with the exit status a launcher acts on (`exit_status`):
 
     0   finished
-    2   bad input: config, paths, a checkpoint that is damaged, unsafe or of another run
+    2   bad input (`common.errors.BadInputError`): config, paths, weights or a checkpoint that is
+        damaged, unsafe or of another run
     75  preempted (SIGTERM/SIGUSR1): a checkpoint was written — requeue with --resume auto
-    1   a fault that stopped the run: a checkpoint write failed, a rank stopped answering, no readable
-        shard, too many non-finite steps
+    1   a fault that stopped the run (`common.errors.RunFault`): a checkpoint write failed, a rank stopped
+        answering, no readable shard, too many non-finite steps
 """
 from __future__ import annotations
 
@@ -17,15 +18,11 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from common.artifacts import read_metrics
-from common.config.schema import ConfigError, load_config
-from common.data.streams import NoReadableShardError
-from common.train.checkpoint_write import CheckpointWriteError
-from common.train.collectives import CollectiveError
-from common.train.engine import NonFiniteError, TaskFactory
+from common.config.schema import load_config
+from common.errors import BadInputError, ConfigError, RunFault
 from common.train.logs import setup_logging
 from common.train.preemption import REQUEUE_EXIT_STATUS, Preempted
-
-RUN_FAULTS = (CheckpointWriteError, CollectiveError, NoReadableShardError, NonFiniteError)
+from common.train.task import TaskFactory
 
 StageTask = Callable[[Any, "str | None"], TaskFactory]  # (config, --init or None) → the task factory
 
@@ -48,13 +45,13 @@ def exit_status(run: Callable[[], Path]) -> int:
     error and return the exit status of the table above."""
     try:
         run_dir = run()
-    except (ConfigError, FileNotFoundError) as err:
+    except (BadInputError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except Preempted as err:
         print(f"preempted: {err}", file=sys.stderr)
         return REQUEUE_EXIT_STATUS
-    except RUN_FAULTS as err:
+    except RunFault as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"finished: {run_dir}")

@@ -18,12 +18,14 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 
+from common.errors import RunFault
+
 _TIMED_OUT = re.compile(r"timed out|timeout", re.IGNORECASE)
 _PEER_GONE = re.compile(r"connection (closed|reset) by peer|broken pipe|connection refused", re.IGNORECASE)
 _cpu_group: dict[str, object] = {}
 
 
-class CollectiveError(RuntimeError):
+class CollectiveError(RunFault):
     """A collective failed because another rank stopped answering or exited; the message is one line."""
 
 

@@ -20,8 +20,8 @@ from typing import get_args
 
 from torch import nn
 
-from common.config.schema import ConfigError
 from common.config.sections import CompileMode
+from common.errors import ConfigError
 
 COMPILE_MODES: tuple[str, ...] = get_args(CompileMode)
 

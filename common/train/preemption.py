@@ -13,11 +13,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from common.data.samples import STOP_SIGNALS, shield_loader_workers
+from common.stop_signals import STOP_SIGNALS, shield_loader_workers
 from common.train.collectives import max_over_ranks
 
 log = logging.getLogger("evaclip")
-PREEMPT_SIGNALS = STOP_SIGNALS  # SIGTERM, SIGUSR1 (loader workers ignore them meanwhile: common.data.samples)
+PREEMPT_SIGNALS = STOP_SIGNALS  # SIGTERM, SIGUSR1 (loader workers ignore them meanwhile: common.stop_signals)
 REQUEUE_EXIT_STATUS = 75  # EX_TEMPFAIL (sysexits.h): a temporary failure, to be retried
 
 

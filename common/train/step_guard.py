@@ -10,7 +10,7 @@ A step's fate is decided on the device and read back only when the engine logs o
    is set. torch's fused AdamW takes the flag as `found_inf` (its kernel returns early and its step
    count is restored: the GradScaler protocol); an optimizer without that protocol (timm's LAMB) reads
    the flag on the host, one sync per step.
-3. `StepWindow`: the per-step outcomes (mean loss, status) since the last read, resolved in one
+3. `StepOutcomes`: the per-step outcomes (mean loss, status) since the last read, resolved in one
    transfer at `train.log_every` and before a checkpoint: skipped steps are counted, a warning names
    each, and `train.max_bad_steps` consecutive ones raise `NonFiniteError`, at the latest at the next
    log step after the limit was reached.
@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from common.artifacts import complete_checkpoints
+from common.errors import RunFault
 
 log = logging.getLogger("evaclip")
 
@@ -37,7 +38,7 @@ OK, NON_FINITE_LOSS, NON_FINITE_GRADIENT = 0, 1, 2  # a step's status
 _WHAT = {NON_FINITE_LOSS: "loss", NON_FINITE_GRADIENT: "gradient norm"}
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(RunFault):
     """Too many consecutive steps with a non-finite loss or gradient norm."""
 
 
@@ -78,7 +79,7 @@ def gated_step(optimizer: Any, skip: torch.Tensor) -> None:
 
 
 @dataclass
-class StepWindow:
+class StepOutcomes:
     """Outcomes of the steps since the last `settle()`, on the device, and the run's host-side counts."""
     max_bad_steps: int
     run_dir: Path

@@ -17,14 +17,14 @@ import functools
 import logging
 from typing import Callable, Literal, Optional, get_args
 
-import torch
 import timm.layers
+import torch
 import torch.nn.functional as F
 from timm.layers import apply_rot_embed_cat
 from timm.models.eva import EvaAttention
 from torch import nn
 
-from common.config.schema import ConfigError
+from common.errors import ConfigError
 
 AttentionBackend = Literal["auto", "sdpa", "math", "xformers"]  # the config type of every attention key
 BACKENDS: tuple[str, ...] = get_args(AttentionBackend)

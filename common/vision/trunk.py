@@ -11,7 +11,7 @@ import re
 import timm
 from torch import nn
 
-from common.config.schema import ConfigError
+from common.errors import ConfigError
 from common.vision.attention import AttentionBackend, set_attention_backend
 
 

@@ -54,17 +54,17 @@ def gradients(model: nn.Module) -> dict[str, torch.Tensor]:
 def first_step(kind: str, shard_dir: str, out_dir: str) -> dict[str, Any]:
     """{"accumulated" | "big": {"loss": this rank's share, "grads": {name: gradient}}, "trainer": …}."""
     cfg = accum_config(kind, shard_dir, out_dir, ACCUM)
-    trainer = Trainer(cfg, lambda run: Fp64ContrastiveTask(cfg, run))
+    trainer = Trainer.build(cfg, lambda run: Fp64ContrastiveTask(cfg, run))
     model = trainer.accelerator.unwrap_model(trainer.model)
-    micro_batches = list(itertools.islice(trainer._batches(), ACCUM))  # the step's K micro-batches
+    micro_batches = list(itertools.islice(trainer.batches(), ACCUM))  # the step's K micro-batches
     one_batch = {key: torch.cat([b[key] for b in micro_batches]) for key in ("image", "text")}
     big_loss, _ = trainer.task.training_loss(trainer.model, one_batch)
     big_loss.backward()
     big = {"loss": big_loss.detach(), "grads": gradients(model)}
-    trainer.optimizer.zero_grad(set_to_none=True)
+    trainer.run.optimizer.zero_grad(set_to_none=True)
     captured: dict[str, torch.Tensor] = {}
-    trainer.optimizer.step = lambda *a, **k: captured.update(gradients(model))
-    loss, _, _ = trainer._train_step(iter(micro_batches))
+    trainer.run.optimizer.step = lambda *a, **k: captured.update(gradients(model))
+    loss, _, _ = trainer.step(iter(micro_batches))
     return {"accumulated": {"loss": loss.detach(), "grads": captured}, "big": big, "trainer": trainer}
 
 

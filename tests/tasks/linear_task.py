@@ -20,9 +20,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from common.config.schema import load_config
-from common.train.optim import tower_param_groups
 from common.config.sections import OptimConfig, TrainConfig
-from common.train.context import RunContext
+from common.run_context import RunContext
+from common.train.optim import tower_param_groups
 
 
 @dataclass

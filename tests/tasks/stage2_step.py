@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from common.train.accelerator import make_accelerator, run_context
 from common.config.schema import load_config
+from common.train.accelerator import make_accelerator, run_context
 from stage2_contrastive.config import Stage2Config
 from stage2_contrastive.task import ContrastiveTask
 from tests.conftest import TINY_STAGE2

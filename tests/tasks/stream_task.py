@@ -13,9 +13,9 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from common.train.optim import tower_param_groups
 from common.config.sections import OptimConfig, TrainConfig
-from common.train.context import RunContext
+from common.run_context import RunContext
+from common.train.optim import tower_param_groups
 
 POOL = 64
 

@@ -130,8 +130,8 @@ def evaluate_case(case: EvalCase, rank: int = 0, world_size: int = 1, loss: str 
 
 
 def main(out_dir: str) -> None:
-    from common.train.accelerator import make_accelerator
     from common.config.sections import TrainConfig
+    from common.train.accelerator import make_accelerator
     accelerator = make_accelerator(TrainConfig())  # the engine's accelerator: gloo on CPU
     rank, world_size = accelerator.process_index, accelerator.num_processes
     metrics = {f"{name}/{loss}": evaluate_case(make(), rank, world_size, loss)

@@ -18,14 +18,17 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
+from common.artifacts import WEIGHTS_STAGING_DIR, EngineState, complete_checkpoints
 from common.config.sections import CheckpointErrors
+from common.errors import RunFault
+from common.train.checkpoint.manifest import seal
 from common.train.collectives import gather_texts, max_over_ranks
 
 log = logging.getLogger("evaclip")
 PROBE_BYTES = 1 << 20
 
 
-class CheckpointWriteError(RuntimeError):
+class CheckpointWriteError(RunFault):
     """A checkpoint could not be written; the message is one line naming the path and the errno."""
 
 
@@ -60,13 +63,25 @@ def describe_write_error(err: BaseException, folder: Path) -> str:
     return f"{path}: {errno_codes.errorcode.get(code, '?')} (errno {code}, {os.strerror(code)})"
 
 
-STAGING_DIR = ".weights.tmp"
+def temp_path(final: Path) -> Path:
+    return final.with_name(final.name + ".tmp")
+
+
+def finalize(tmp: Path, final: Path, state: EngineState, keep_last: int) -> None:
+    """Seal `tmp` (the marker lists every file's size and hash), rename it to `final` (atomic on one file
+    system) and rotate old checkpoints beyond `keep_last`."""
+    seal(tmp, state)
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    for old in complete_checkpoints(final.parent.parent)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def publish_weights(save_weights: Callable[[dict, Path], None], state_dict: dict, run_dir: Path) -> None:
     """The task's weights files at the run's top level, each replaced only once its new version is
     completely written (in `RUN/.weights.tmp/`, then renamed): a failed write leaves the previous ones."""
-    staging = run_dir / STAGING_DIR
+    staging = run_dir / WEIGHTS_STAGING_DIR
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     save_weights(state_dict, staging)
@@ -115,7 +130,7 @@ class CheckpointWrite:
         rank, first = next((r, t) for r, t in enumerate(texts) if t)
         if self.accelerator.is_main_process:
             shutil.rmtree(self.tmp, ignore_errors=True)
-            shutil.rmtree(self.final.parent.parent / STAGING_DIR, ignore_errors=True)
+            shutil.rmtree(self.final.parent.parent / WEIGHTS_STAGING_DIR, ignore_errors=True)
         if completed:
             message = (f"checkpoint {self.final.name} is complete, but rank {rank} could not update the run's "
                        f"weights files: {first}; they are the previous ones")

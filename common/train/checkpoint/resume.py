@@ -1,38 +1,35 @@
-"""Training checkpoints: atomic writes (temp folder + completion marker with a manifest + rename),
-`keep_last` rotation, `--resume` resolution (verified against the manifest, with fallback for 'auto'),
-the same-schedule rule and the tensors-only check of every pickle before anything loads it. Folder names
-and files: `common.artifacts`; writing with failure handling: `common.train.checkpoint_write`."""
+"""Which checkpoint `--resume` means, and whether it may be loaded: verified against its manifest (with
+fallback for 'auto'), trained under the same schedule, and holding tensors-only pickles."""
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
-from common.artifacts import (CHECKPOINTS_DIR, ENGINE_STATE_FILE, EngineState, complete_checkpoints,
-                              damaged_files, is_checkpoint, require_tensors_only)
-from common.config.schema import ConfigError
+from common.artifacts import CHECKPOINTS_DIR, ENGINE_STATE_FILE, EngineState, complete_checkpoints, is_checkpoint
+from common.errors import CheckpointError, UnreadableFileError, UnsafeFileError
+from common.train.checkpoint.manifest import damaged_files
+from common.weights.safe_load import require_tensors_only
 
 log = logging.getLogger("evaclip")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl")  # what accelerate and DeepSpeed write with torch.save
-
-
-def temp_path(final: Path) -> Path:
-    return final.with_name(final.name + ".tmp")
+SCHEDULE_FIX = {"steps": "set train.steps",
+                "contrastive_batch": "use processes × train.batch_size × train.contrastive_accum =",
+                "samples_per_step": "use processes × train.batch_size × train.contrastive_accum × train.grad_accum ="}
 
 
 def _verified(path: Path) -> Path:
     problems = damaged_files(path)
     if problems:
-        raise ConfigError(f"--resume {path}: the checkpoint is damaged ({'; '.join(problems[:3])}) — resume "
-                          f"from an earlier one (--resume auto picks the newest intact one) or train into a "
-                          "new train.output_dir")
+        raise CheckpointError(f"--resume {path}: the checkpoint is damaged ({'; '.join(problems[:3])}) — resume "
+                              f"from an earlier one (--resume auto picks the newest intact one) or train into a "
+                              "new train.output_dir")
     return path
 
 
 def resolve_resume(spec: str, output_dir: str | Path) -> Path | None:
     """`--resume` → a verified checkpoint folder. A checkpoint folder must match its manifest (else a
-    one-line `ConfigError`); 'auto' (newest in output_dir, or None to start fresh: what a requeued job
+    one-line `CheckpointError`); 'auto' (newest in output_dir, or None to start fresh: what a requeued job
     wants) and a run folder take the newest complete checkpoint that matches, saying which were damaged."""
     path = Path(output_dir if spec == "auto" else spec)
     if is_checkpoint(path):
@@ -41,16 +38,16 @@ def resolve_resume(spec: str, output_dir: str | Path) -> Path | None:
     if not found and spec == "auto":
         return None
     if not found:
-        raise ConfigError(f"--resume: no complete checkpoint under '{path}' — train first, or pass a run "
-                          f"folder holding {CHECKPOINTS_DIR}/step_*/{ENGINE_STATE_FILE}")
+        raise CheckpointError(f"--resume: no complete checkpoint under '{path}' — train first, or pass a run "
+                              f"folder holding {CHECKPOINTS_DIR}/step_*/{ENGINE_STATE_FILE}")
     for candidate in reversed(found):
         problems = damaged_files(candidate)
         if not problems:
             return candidate
         log.warning("checkpoint %s is damaged (%s): falling back to the one before it", candidate,
                     "; ".join(problems[:3]))
-    raise ConfigError(f"--resume {spec}: all {len(found)} checkpoints under '{path}' are damaged (see the "
-                      "warnings above) — nothing to resume from; train into a new train.output_dir")
+    raise CheckpointError(f"--resume {spec}: all {len(found)} checkpoints under '{path}' are damaged (see the "
+                          "warnings above) — nothing to resume from; train into a new train.output_dir")
 
 
 def agreed_resume(accelerator: Any, spec: str, output_dir: str | Path) -> Path | None:
@@ -62,15 +59,27 @@ def agreed_resume(accelerator: Any, spec: str, output_dir: str | Path) -> Path |
         try:
             found = resolve_resume(spec, output_dir)
             answer = [str(found) if found is not None else None, None]
-        except ConfigError as err:
+        except CheckpointError as err:
             answer = [None, str(err)]
         except OSError as err:  # an unreadable folder: every rank stops with the same line
             answer = [None, f"--resume {spec}: cannot read '{output_dir}' ({err})"]
     if accelerator.num_processes > 1:
         answer = broadcast_object_list(answer, from_process=0)
     if answer[1] is not None:
-        raise ConfigError(answer[1])
+        raise CheckpointError(answer[1])
     return Path(answer[0]) if answer[0] is not None else None
+
+
+def check_same_schedule(checkpoint: Path, schedule: dict[str, int]) -> None:
+    """Refuse to resume `checkpoint` under another schedule (`train.steps`, samples per step, contrastive
+    batch): its lr would jump and its data order would differ, so the run would no longer be the one that
+    was checkpointed."""
+    saved = EngineState.read(checkpoint).schedule
+    for key, value in schedule.items():
+        if key in saved and saved[key] != value:
+            raise CheckpointError(f"--resume {checkpoint}: it was trained with {key}={saved[key]}, this run has "
+                                  f"{key}={value} — {SCHEDULE_FIX.get(key, 'set')} {saved[key]} to resume it, or "
+                                  "train into a new train.output_dir")
 
 
 def _deepspeed_data_classes() -> list[type]:
@@ -91,30 +100,5 @@ def require_tensors_only_checkpoint(path: Path, deepspeed: bool) -> None:
     for file in sorted(p for p in path.rglob("*") if p.suffix in PICKLE_SUFFIXES and p.is_file()):
         try:
             require_tensors_only(file, allowed)
-        except ConfigError as err:
+        except (UnsafeFileError, UnreadableFileError) as err:
             raise type(err)(f"--resume {path}: {err}") from err
-
-
-def check_same_schedule(ckpt: Path, schedule: dict[str, int]) -> None:
-    """Refuse to resume `ckpt` under another schedule (`train.steps`, global batch): its lr would jump
-    and its data order would differ, so the run would no longer be the one that was checkpointed."""
-    saved = EngineState.read(ckpt).schedule
-    for key, value in schedule.items():
-        if key in saved and saved[key] != value:
-            hint = {"steps": "set train.steps", "contrastive_batch": "use processes × train.batch_size × "
-                    "train.contrastive_accum ="}.get(key, "use processes × train.batch_size × "
-                                                      "train.contrastive_accum × train.grad_accum =")
-            raise ConfigError(f"--resume {ckpt}: it was trained with {key}={saved[key]}, this run has "
-                              f"{key}={value} — {hint} {saved[key]} to resume it, or train into a new "
-                              "train.output_dir")
-
-
-def finalize(tmp: Path, final: Path, state: EngineState, keep_last: int) -> None:
-    """Mark `tmp` complete (the marker lists every file's size and hash), rename it to `final` (atomic on
-    one file system) and rotate old ones."""
-    state.write(tmp)
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
-    for old in complete_checkpoints(final.parent.parent)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)

@@ -1,5 +1,15 @@
 """The facts of one process of a run, built once by the engine from its accelerator and handed to the
-task: rank, world size, device, batch geometry, precision. Tasks read these, never accelerate's globals."""
+task: rank, world size, device, batch geometry, precision. Tasks read these, never accelerate's globals.
+
+Batch sizes have one name each, and are computed here only:
+
+    micro_batch        samples per rank per forward pass (`train.batch_size`)
+    contrastive_batch  pairs one contrastive loss scores across ranks: micro_batch × contrastive_accum × world
+    samples_per_step   samples per optimizer step: contrastive_batch × grad_accum
+
+The engine writes `batch_figures()` into every start record of `metrics.jsonl`; the model card, run
+summaries and start-up checks read them from there or from here.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -36,6 +46,12 @@ class RunContext:
         return self.contrastive_accum * self.grad_accum
 
     @property
-    def global_batch(self) -> int:
-        """Samples per optimizer step across ranks (contrastive batch × grad_accum)."""
+    def samples_per_step(self) -> int:
+        """Samples per optimizer step across ranks: contrastive batch × grad_accum."""
         return self.contrastive_batch * self.grad_accum
+
+    def batch_figures(self) -> dict[str, int]:
+        """Every batch figure of the run, by its one name (what the run folder records)."""
+        return {"micro_batch": self.micro_batch, "contrastive_accum": self.contrastive_accum,
+                "world_size": self.world_size, "contrastive_batch": self.contrastive_batch,
+                "grad_accum": self.grad_accum, "samples_per_step": self.samples_per_step}
