@@ -4,12 +4,12 @@
 #   2. bf16 stage-2 step of eva02_base_patch16_clip_224 + CLIP-base text at batch 256: evaclip eager and
 #      compiled (train.compile=$GPU_CHECK_COMPILE, default blocks) vs open_clip eager and compiled, the
 #      compile warm-up, MFU against the bf16 GEMM peak measured in the same run, and the stage-1 step
-#      (student + frozen teacher) compiled vs eager (scripts/bench_train_step.py)
+#      (student + frozen teacher) compiled vs eager (scripts/bench/bench_train_step.py)
 #   3. the data pipeline at 224 px from JPEG bytes: images/s per loader worker (1, 8, 15 workers on 16
-#      cores), the workers the compiled step needs, and nvjpeg decoding on the GPU (scripts/bench_data.py)
+#      cores), the workers the compiled step needs, and nvjpeg decoding on the GPU (scripts/bench/bench_data.py)
 #   4. a compiled ZeRO-2 single-GPU stage-2 run (5 steps, torchrun, 1 process)
 #   4b. contrastive accumulation K = 1, 2, 4 at an equal contrastive batch of 256: peak memory and images/s
-#      (scripts/bench_contrastive_accum.py, the gpu_base model, bf16)
+#      (scripts/bench/bench_contrastive_accum.py, the gpu_base model, bf16)
 #   5. the export test, the CUDA-only attention tests and the no-host-sync test on the GPU (pytest): a test
 #      that skips there (no CUDA, xformers missing or without kernels) fails the step — a skipped GPU test
 #      is not a pass
@@ -139,15 +139,15 @@ if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1
 fi
 
 # ---- on the GPU ------------------------------------------------------------------------------------
-step attention 120 "$PY" scripts/bench_attention.py --device cuda --dtype bfloat16 --width 768 --heads 12 --batch 32
-step train_step 420 "$PY" scripts/bench_train_step.py --config configs/stage2/gpu_base.yaml --device cuda \
+step attention 120 "$PY" scripts/bench/bench_attention.py --device cuda --dtype bfloat16 --width 768 --heads 12 --batch 32
+step train_step 420 "$PY" scripts/bench/bench_train_step.py --config configs/stage2/gpu_base.yaml --device cuda \
   --precision bf16 --batch 256 --steps 10 --compile "$COMPILE"
-step data_pipeline 240 "$PY" scripts/bench_data.py --image-size 224 --workers 1 8 15 --batches 20
+step data_pipeline 240 "$PY" scripts/bench/bench_data.py --image-size 224 --workers 1 8 15 --batches 20
 PORT=$("$PY" -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
 step zero2 240 "$PY" -m torch.distributed.run --nproc_per_node 1 --master_port "$PORT" -m stage2_contrastive.train \
   --config configs/stage2/gpu_base.yaml train.deepspeed=configs/deepspeed/zero2.json train.steps=5 \
   train.log_every=1 "train.compile=$COMPILE" "train.output_dir=$OUT/zero2"
-step contrastive_accum 180 "$PY" scripts/bench_contrastive_accum.py --config configs/stage2/gpu_base.yaml \
+step contrastive_accum 180 "$PY" scripts/bench/bench_contrastive_accum.py --config configs/stage2/gpu_base.yaml \
   --device cuda --precision bf16 --batch 256 --rounds 1 --steps 3 --shards data/gpu_check
 gpu_tests "${GPU_TESTS[@]}"
 summarize

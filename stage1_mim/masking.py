@@ -11,7 +11,7 @@ patch tokens, so `mask.reshape(-1)` indexes tokens) with EXACTLY `num_masked` ce
    and the loss is averaged over an equal count per sample). In practice the fill covers a few cells.
 
 All randomness comes from the numpy `Generator` passed in (no global RNG), drawn in chunks so that one
-call costs a handful of Generator calls; see `scripts/bench_masking.py`.
+call costs a handful of Generator calls; see `scripts/bench/bench_masking.py`.
 """
 from __future__ import annotations
 

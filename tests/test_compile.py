@@ -4,7 +4,7 @@ test models, in process through the CLI: slow).
 
 Backend: torch.compile's `aot_eager` (dynamo's graph capture + AOT autograd, the parts that decide what a
 compiled step computes; no code generation). Inductor's code generation takes minutes to warm up on two
-CPU cores: `scripts/bench_train_step.py --compile blocks` measures it, with its loss after 3 steps vs eager.
+CPU cores: `scripts/bench/bench_train_step.py --compile blocks` measures it, with its loss after 3 steps vs eager.
 Compiled code is cached in the process, so the runs here pay each block's compilation once."""
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Forward+backward time and peak memory of ONE timm Eva block per attention backend.
 
-`python scripts/bench_attention.py [--width 192 --heads 3 --batch 8 --tokens 196 576 1024]` prints one
+`python scripts/bench/bench_attention.py [--width 192 --heads 3 --batch 8 --tokens 196 576 1024]` prints one
 JSON line: device, dtype, thread count and, per (patch tokens, backend), the median ms of a fwd+bwd step
 and the peak memory (CUDA: `torch.cuda.max_memory_allocated` above the inputs; CPU: null). Backends:
 sdpa and math everywhere, xformers where its CUDA kernels run (else `skipped` says why).

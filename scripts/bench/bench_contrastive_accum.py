@@ -2,7 +2,7 @@
 images/s of K = 1, 2, 4 (micro-batch B / K), through the real engine step (stage-2 task, pre-built batches,
 no data loading). Prints one JSON line.
 
-`python scripts/bench_contrastive_accum.py [--batch 64] [--accum 1 2 4] [--image-size 56] [--steps 3]
+`python scripts/bench/bench_contrastive_accum.py [--batch 64] [--accum 1 2 4] [--image-size 56] [--steps 3]
 [--rounds 2] [--device cpu|cuda] [--precision fp32|bf16] [--config configs/stage2/fmnist_tiny.yaml]`
 
 Each (K, round) runs in its own process, so its peak memory is its own: on a GPU the allocator's peak
@@ -28,7 +28,7 @@ from statistics import median
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def child(args: argparse.Namespace) -> dict:

@@ -1,6 +1,6 @@
 """Throughput of the block-wise mask generator (it runs once per sample in every data-loader worker).
 
-`python scripts/bench_masking.py [--seconds 1.0] [--ratio 0.4]` prints one JSON line per grid:
+`python scripts/bench/bench_masking.py [--seconds 1.0] [--ratio 0.4]` prints one JSON line per grid:
 `{"masks_per_s": ..., "us_per_mask": ..., "grid": [14, 14], "ratio": 0.4, "num_masked": 78, ...}`.
 """
 from __future__ import annotations

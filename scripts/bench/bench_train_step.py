@@ -2,7 +2,7 @@
 step on the identical model, achieved FLOP/s vs the machine's measured GEMM peak, and the stage-1 step
 (student + frozen teacher) vs its parts. Prints one JSON line.
 
-`python scripts/bench_train_step.py [--batch 128] [--image-size 56] [--steps 6] [--threads 2]
+`python scripts/bench/bench_train_step.py [--batch 128] [--image-size 56] [--steps 6] [--threads 2]
 [--compile none|model|blocks]`
 Loader excluded: batches are pre-built tensors on the device. Defaults: fp32 on CPU; on a GPU
 (`--device cuda --precision bf16 --config configs/stage2/gpu_base.yaml`, as scripts/gpu_check.sh runs it)
@@ -108,7 +108,7 @@ def evaclip_step(cfg: Stage2Config, prebuilt: list[dict], compile_mode: str = "n
     cfg = replace(cfg, train=replace(cfg.train, compile=compile_mode))
     trainer = Trainer.build(cfg, prebuilt_stage2_task(cfg, prebuilt))
     stream = trainer.batches()
-    return lambda: trainer.step(stream)[0]
+    return lambda: trainer.step(stream).loss
 
 
 def warm_up(step: Callable[[], Any], calls: int = 3) -> float:

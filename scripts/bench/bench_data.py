@@ -1,6 +1,6 @@
 """Data-pipeline throughput: shards → PIL decode → train transform (→ block mask) → batches.
 
-    python scripts/bench_data.py [--source jpeg|fashion-mnist|DIR] [--image-size 224] [--workers 0 1]
+    python scripts/bench/bench_data.py [--source jpeg|fashion-mnist|DIR] [--image-size 224] [--workers 0 1]
                                  [--demand IMAGES_PER_S] [--mask-ratio 0.4]
 
 Sources: `jpeg` (default) writes 512 real JPEG photos of --jpeg-side px (quality 90; random crops of
