@@ -13,6 +13,7 @@ typed readers for the run-level records.
     RUN/model.safetensors             stage 2: the CLIP in open_clip's key layout  (common.weights.formats)
     RUN/open_clip_config.json         stage 2: open_clip's model_cfg + evaclip's ClipInfo
     RUN/hf_text/                      stage 2 with a Hugging Face text tower: its config + tokenizer
+    RUN/wandb_run_id, RUN/wandb/      with train.wandb: the wandb run's id (a resume continues it), its files
 
 The top-level weights are the newest; every checkpoint holds its own in `weights/`. An export folder
 (`common.export`) holds `open_clip_config.json` + `open_clip_model.safetensors` in open_clip's own layout.
@@ -40,6 +41,8 @@ TRUNK_FILE = "student_trunk.safetensors"
 CLIP_WEIGHTS_FILE = "model.safetensors"
 CLIP_CONFIG_FILE = "open_clip_config.json"
 HF_TEXT_DIR = "hf_text"
+WANDB_ID_FILE = "wandb_run_id"  # the Weights & Biases run this run logs to (train.wandb): a resume continues it
+WANDB_DIR = "wandb"  # wandb's own files (offline runs)
 OPEN_CLIP_WEIGHTS_FILE = "open_clip_model.safetensors"  # an export folder's weights: what open_clip's loaders read
 STEP_DIR = re.compile(r"^step_(\d+)$")
 
@@ -120,7 +123,11 @@ class EngineState:
     schedule: dict[str, int] = field(default_factory=dict)  # what a resume must match (`RunContext.schedule`)
     source_draws: dict[str, int] = field(default_factory=dict)  # samples drawn per training source, all ranks
     scheduler: dict[str, Any] = field(default_factory=dict)  # the LR scheduler's state_dict (plain JSON)
-    data_start: Optional[int] = None  # step whose seed started the data stream (None: `step`)
+    data_start: Optional[int] = None  # the step the data stream started at (None: `step`)
+    data_seed_step: Optional[int] = None  # the step whose seed the stream was started with (None: data_start)
+    rollbacks: int = 0  # loss-spike rollbacks so far (`train.spike`)
+    recent_losses: list[float] = field(default_factory=list)  # the spike rule's window
+    world_size: Optional[int] = None  # processes that wrote it
     files: dict[str, dict[str, Any]] = field(default_factory=dict)  # the manifest
 
     def write(self, checkpoint: Path) -> None:

@@ -98,6 +98,8 @@ def _coerce(value: Any, hint: Any, key: str, where: str) -> Any:
 
 
 def _type_name(hint: Any) -> str:
+    if get_origin(hint) in (Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in get_args(hint))
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 

@@ -2,9 +2,10 @@
 compose them. Choices are `Literal` types declared here once; the loader checks them at load time."""
 from __future__ import annotations
 
+import importlib.util
 import re
 from dataclasses import dataclass, field
-from typing import Literal, Union, get_args
+from typing import Literal, Optional, Union, get_args
 
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
@@ -18,6 +19,48 @@ TemplateSetName = Literal["openai", "openai_imagenet", "simple", "simple_imagene
 Interpolation = Literal["bicubic", "bilinear"]  # what open_clip's PreprocessCfg accepts
 ResizeMode = Literal["shortest", "longest", "squash"]
 CheckpointErrors = Literal["stop", "warn"]  # a checkpoint that cannot be written: stop the run, or go on
+
+
+WandbMode = Literal["disabled", "online", "offline"]
+SpikeAction = Literal["off", "warn", "rollback"]
+
+
+@dataclass
+class WandbConfig:
+    """Config section `train.wandb`: the same scalars as metrics.jsonl, and the run's config, in Weights &
+    Biases (`pip install 'evaclip[wandb]'`). `offline` writes under RUN/wandb/ without a network (`wandb sync`
+    uploads it later); a resumed run continues the same wandb run."""
+    mode: WandbMode = "disabled"
+    project: str = ""
+    name: str = ""  # "": the run folder's name
+
+    def validate_run(self, run: object) -> None:
+        """The wandb package on this machine (an optional extra)."""
+        if self.mode != "disabled" and importlib.util.find_spec("wandb") is None:
+            raise ConfigError(f"train.wandb.mode={self.mode} needs the wandb package — pip install "
+                              "'evaclip[wandb]', or set train.wandb.mode=disabled")
+
+    def validate(self) -> None:
+        if self.mode != "disabled" and not self.project:
+            raise ConfigError(f"train.wandb.mode={self.mode} needs train.wandb.project — name the wandb project, "
+                              "or set train.wandb.mode=disabled")
+
+
+@dataclass
+class SpikeConfig:
+    """Config section `train.spike`: a loss spike is a step whose loss exceeds `factor` × the median loss of
+    the `window` applied steps before it (judged where the engine reads its losses: log steps and before a
+    checkpoint; a run shorter than the window is never judged). `warn` logs it; `rollback` reloads the
+    newest checkpoint and re-seeds the data stream past the steps that led to the spike (at most
+    `train.max_rollbacks` times). For losses ≥ 0 (contrastive, cosine): a median ≤ 0 is not judged."""
+    action: SpikeAction = "warn"
+    window: int = field(default=20, metadata={"min": 2})
+    factor: float = 3.0
+
+    def validate(self) -> None:
+        if not 1.0 < self.factor < float("inf"):
+            raise ConfigError(f"train.spike.factor={self.factor} can never fire or fires on ordinary steps — use "
+                              "a finite factor > 1 (e.g. 3: a loss three times the recent median)")
 
 
 @dataclass
@@ -49,6 +92,23 @@ class TrainConfig:
     dist_timeout_s: float = field(default=1800.0, metadata={"min": 1.0})  # a collective waits this long for a rank
     progress: bool = True  # tqdm progress bar on the main process
     tensorboard: bool = True
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    telemetry: bool = True  # samples/s, data wait vs compute and MFU in every loss record
+    peak_tflops: Optional[float] = None  # the device's peak for MFU; None: a known GPU's data sheet (CPU: none)
+    data_wait_warn: float = field(default=0.2, metadata={"min": 0.0, "max": 1.0})  # warn once above this share; 0: never
+    spike: SpikeConfig = field(default_factory=SpikeConfig)
+    max_rollbacks: int = field(default=3, metadata={"min": 0})  # spike rollbacks before the run stops
+
+    def validate(self) -> None:
+        if self.peak_tflops is not None and not self.peak_tflops > 0:
+            raise ConfigError(f"train.peak_tflops={self.peak_tflops} must be > 0 — the device's peak in TFLOP/s, "
+                              "or null to take a known GPU's from its data sheet")
+        if self.spike.action == "rollback" and self.spike.window >= self.steps:
+            raise ConfigError(f"train.spike.window={self.spike.window} is not below train.steps={self.steps}: the "
+                              "rollback rule can never fire — lower the window, or set train.spike.action=off")
+        if self.spike.action == "rollback" and not self.save_every:
+            raise ConfigError("train.spike.action=rollback reloads a checkpoint, but train.save_every=0 saves "
+                              "none before the end — set train.save_every (e.g. 1000)")
 
     def validate_run(self, run: object) -> None:
         """The files and packages this section names: the DeepSpeed JSON, the remote file system."""

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from accelerate.utils import set_seed
 from torch import nn
 
 from common.artifacts import write_config
-from common.config.schema import validate_run
+from common.config.schema import to_dict, validate_run
 from common.config.sections import OptimConfig, TrainConfig
 from common.errors import ConfigError
 from common.run_context import RunContext
@@ -40,6 +40,8 @@ class BuiltRun:
     compiled: list[str]  # the names of the modules `train.compile` compiled
     schedule: dict[str, int]  # what a resume must match: steps, samples per step, contrastive batch
     resume_from: Path | None
+    resolved_config: dict[str, Any]  # the whole config, as config.yaml holds it
+    num_workers: Optional[int]  # data.num_workers, when the config has a data section
 
     @property
     def run_dir(self) -> Path:
@@ -92,5 +94,6 @@ def _build_on(accelerator: Any, config: Any, make: TaskFactory, resume: str | No
     # in place: state-dict names stay, DDP and DeepSpeed wrap what looks like an eager module
     compiled = compile_in_place(model, train.compile, train.compile_backend)
     model, optimizer = accelerator.prepare(model, optimizer)
+    data = getattr(config, "data", None)
     return BuiltRun(train, optim, context, accelerator, task, model, optimizer, scheduler, checkpoints, compiled,
-                    schedule, resume_from)
+                    schedule, resume_from, to_dict(config), getattr(data, "num_workers", None))

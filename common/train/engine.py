@@ -2,8 +2,10 @@
 
 `train(config, make_task, resume)` builds the run (`common.train.build`) and runs it with a `Trainer`:
 `step()` is one optimizer step over `grad_accum` × `contrastive_accum` backward passes without a host
-sync (the non-finite guard stays on the device: `step_guard`); `fit()` loops it with logging, the progress
-bar, periodic evaluation, checkpoints (`common.train.checkpoint`) and the preemption vote.
+sync (the non-finite guard stays on the device: `step_guard`); `fit()` loops it with logging (throughput,
+data wait and MFU: `telemetry`), the progress bar, periodic evaluation, checkpoints
+(`common.train.checkpoint`), the loss-spike rule (`spike_guard`: warn, or roll back to the newest
+checkpoint with the data stream re-seeded past the spike) and the preemption vote.
 
 Exact resume: the data stream is rebuilt at every periodic checkpoint step from a seed derived from
 (train.seed, step) (a preemption checkpoint records the step its stream started at, and a resume moves
@@ -16,7 +18,6 @@ from __future__ import annotations
 import gc
 import logging
 import math
-import time
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
@@ -29,10 +30,12 @@ from common.train.collectives import CollectiveError, named
 from common.train.metrics import MetricsLogger
 from common.train.preemption import Preempted, PreemptionWatch
 from common.train.source_draws import SourceDraws
+from common.train.spike_guard import LossSpikeError, Spike, SpikeGuard
 from common.train.step_guard import OK, NonFiniteError, StepOutcomes, gated_step, poison_non_finite, step_status
 from common.train.task import TaskFactory
+from common.train.telemetry import Telemetry, peak_flops
 
-__all__ = ["NonFiniteError", "StepResult", "Trainer", "data_seed", "train"]
+__all__ = ["LossSpikeError", "NonFiniteError", "StepResult", "Trainer", "data_seed", "train"]
 
 log = logging.getLogger("evaclip")
 
@@ -72,14 +75,21 @@ class Trainer:
         self.input_dtype = torch.bfloat16 if (self.context.deepspeed and self.cfg.precision == "bf16") else None
         self.steps_done = 0
         self.outcomes = StepOutcomes(self.cfg.max_bad_steps, run.run_dir)  # step outcomes, read at log/save
+        self.unlogged: list[tuple[int, float]] = []  # (step, loss) read but not yet in a loss record
         self.draws = SourceDraws()
-        self.data_start = 0  # the step whose seed started the current data stream
+        self.spikes = SpikeGuard(self.cfg.spike)
+        self.rollbacks = 0
+        self.data_start = 0  # the step the current data stream started at
+        self.data_seed_step = 0  # the step whose seed started it (past a spike after a rollback)
         self.peers_lost = False  # a collective failed: tear down without waiting for the other ranks
         self.bar: Any = None
+        self.resumed_world_size: int | None = None
+        self.telemetry = self._telemetry()
         torch.manual_seed(self.cfg.seed + self.context.rank)  # per-rank dropout / drop-path
         if run.resume_from is not None:
             self._restore(run.checkpoints.load(run.resume_from))
-        self.logger = MetricsLogger(run.run_dir, self.cfg.tensorboard, enabled=self.context.is_main)
+        self.logger = MetricsLogger(run.run_dir, self.cfg.tensorboard, enabled=self.context.is_main,
+                                    wandb=self.cfg.wandb, config=run.resolved_config)
 
     @classmethod
     def build(cls, config: Any, make_task: TaskFactory, resume: str | None = None) -> "Trainer":
@@ -91,34 +101,50 @@ class Trainer:
             abandon(run.accelerator)
             raise
 
+    def _telemetry(self) -> Telemetry:
+        c = self.context
+        peak, self.peak_source = peak_flops(c.device, self.cfg.precision, self.cfg.peak_tflops or 0.0)
+        return Telemetry(c.samples_per_step, c.world_size, c.micro_batch * c.backward_passes, peak,
+                         self.cfg.data_wait_warn, self.run.num_workers, detailed=self.cfg.telemetry)
+
     def _restore(self, state: EngineState) -> None:
         self.steps_done = state.step
         self.outcomes.bad_total, self.outcomes.skipped_samples = state.bad_steps, state.skipped_samples
         self.draws = SourceDraws(state.source_draws)
         self.data_start = state.step if state.data_start is None else state.data_start
+        self.data_seed_step = self.data_start if state.data_seed_step is None else state.data_seed_step
+        self.spikes = SpikeGuard(self.cfg.spike, state.recent_losses)
+        self.rollbacks = state.rollbacks
         self.run.scheduler.load_state_dict(state.scheduler)
+        if state.world_size is not None and state.world_size != self.context.world_size:
+            log.info("resumed on %d processes from %d", self.context.world_size, state.world_size)
+        self.resumed_world_size = state.world_size
 
     def save(self) -> Path | None:
         """A checkpoint of the whole training state at this step (`CheckpointStore.save`)."""
-        self.outcomes.settle()  # the counts the checkpoint holds (and the bad-step limit) are current
+        self._read_losses(roll_back=False)  # the counts it holds (and the bad-step limit) are current
         self.draws.merge()
         state = EngineState(self.steps_done, self.outcomes.bad_total, self.outcomes.skipped_samples,
                             self.run.schedule, source_draws=self.draws.totals(),
-                            scheduler=self.run.scheduler.state_dict(), data_start=self.data_start)
-        return self.run.checkpoints.save(state, self.model, self.task.save_weights)
+                            scheduler=self.run.scheduler.state_dict(), data_start=self.data_start,
+                            data_seed_step=self.data_seed_step, rollbacks=self.rollbacks,
+                            recent_losses=self.spikes.state(), world_size=self.context.world_size)
+        saved = self.run.checkpoints.save(state, self.model, self.task.save_weights)
+        self.telemetry.restart()  # checkpoint time is not step time
+        return saved
 
     # ---- one optimizer step ------------------------------------------------------------------
     def batches(self) -> Iterator[dict]:
-        """This rank's stream started at `data_start` (seeded by it), moved on to `steps_done`: restarted at a
-        periodic checkpoint it starts right there; resumed from a preemption checkpoint it skips what was
-        trained."""
-        batches = iter(self.task.train_batches(data_seed(self.cfg.seed, self.data_start)))
+        """This rank's stream started at `data_start` (seeded by `data_seed_step`: the same step, but past the
+        spike after a rollback), moved on to `steps_done`: restarted at a periodic checkpoint it starts right
+        there; resumed from a preemption checkpoint it skips what was trained."""
+        batches = iter(self.task.train_batches(data_seed(self.cfg.seed, self.data_seed_step)))
         for _ in range((self.steps_done - self.data_start) * self.context.backward_passes):
             next(batches)
         return batches
 
     def _next_batch(self, batches: Iterator[dict]) -> dict:
-        batch = next(batches)
+        batch = self.telemetry.next_batch(batches)
         self.outcomes.count_skipped(batch.pop("skipped", None))
         self.draws.count(batch.pop("source", ()))
         return to_device(batch, self.accelerator.device, self.input_dtype)
@@ -138,6 +164,16 @@ class Trainer:
         """One optimizer step: forward/backward over `grad_accum` × `contrastive_accum` passes, clipping, the
         update (a no-op when non-finite), the LR schedule; no host-device sync (`common.train.step_guard`).
         Its outcome is recorded for the next log read."""
+        if self.telemetry.counts_flops():  # its batches fetched first: the count is the step's alone
+            fetched = iter([self.telemetry.next_batch(batches) for _ in range(self.context.backward_passes)])
+            with self.telemetry.counting_flops():
+                result = self._step(fetched)
+        else:
+            result = self._step(batches)
+        self.telemetry.step_done()
+        return result
+
+    def _step(self, batches: Iterator[dict]) -> StepResult:
         acc, losses, finite = self.accelerator, [], []
         self.model.train()
         passes = self._loss_passes(batches)
@@ -182,25 +218,66 @@ class Trainer:
         return status, grad_norm
 
     # ---- records -----------------------------------------------------------------------------
-    def _log(self, extras: dict, seconds: float, samples: int) -> None:
-        """One loss record of the steps since the last: their outcomes are read back here (the only host sync)."""
-        acc = self.accelerator
+    def _read_losses(self, roll_back: bool = True) -> bool:
+        """Read the step outcomes since the last read (one transfer; the window's only host sync), agree on
+        the applied steps' losses across ranks (one all-reduce) and judge them (`train.spike`). Returns True
+        when a spike rolled the run back (the caller restarts its data stream)."""
         self.outcomes.settle()
-        losses = self.outcomes.take_losses()  # of the applied steps since the last record
-        mean_loss = torch.tensor([sum(losses) / len(losses) if losses else math.nan])
-        if acc.num_processes > 1:
-            with named(f"step {self.steps_done}: the all-reduce of the logged loss", self.cfg.dist_timeout_s):
-                mean_loss = acc.reduce(mean_loss.to(acc.device), reduction="mean")
-        record = {"step": self.steps_done, "loss": float(mean_loss), "lr": self.run.scheduler.get_last_lr()[0],
-                  "samples_per_s": samples / max(seconds, 1e-9), "bad_steps": self.outcomes.bad_total,
-                  "skipped_samples": self.outcomes.skipped_samples, "world_size": acc.num_processes}
+        read = self.outcomes.take_losses()
+        if self.accelerator.num_processes > 1 and read:
+            values = torch.tensor([loss for _, loss in read], device=self.accelerator.device)
+            with named(f"step {self.steps_done}: the all-reduce of the logged losses", self.cfg.dist_timeout_s):
+                values = self.accelerator.reduce(values, reduction="mean")
+            read = list(zip((step for step, _ in read), values.tolist()))
+        self.unlogged += read
+        spikes = self.spikes.judge(read)
+        for spike in spikes:
+            log.warning("%s (train.spike.action=%s)", spike.describe(self.cfg.spike.factor), self.cfg.spike.action)
+        if spikes and roll_back and self.cfg.spike.action == "rollback":
+            return self._roll_back(spikes[0])
+        return False
+
+    def _roll_back(self, spike: Spike) -> bool:
+        """Reload the newest checkpoint and re-seed the data stream past the steps that led to `spike`; stops
+        the run after `train.max_rollbacks`. Returns False (going on) when there is no checkpoint yet."""
+        what = spike.describe(self.cfg.spike.factor)
+        if self.rollbacks >= self.cfg.max_rollbacks:
+            raise LossSpikeError(f"{what}, after {self.rollbacks} rollbacks (train.max_rollbacks) — lower optim.lr "
+                                 f"or raise train.grad_clip, look at the data near step {spike.step}, then --resume")
+        target = self.run.checkpoints.newest()
+        if target is None:
+            log.warning("%s: no checkpoint to roll back to yet — going on", what)
+            return False
+        rollbacks = self.rollbacks + 1
+        self._restore(self.run.checkpoints.load(target))
+        self.rollbacks, self.data_seed_step, self.unlogged = rollbacks, spike.step, []
+        skipped = [self.steps_done + 1, spike.step]
+        self.logger.log({"step": self.steps_done, "event": "rollback", "spike_step": spike.step, "loss": spike.loss,
+                         "median": spike.median, "checkpoint": str(target), "skipped_steps": skipped,
+                         "data_seed_step": spike.step, "rollbacks": rollbacks})
+        log.warning("%s: rolled back to %s (rollback %d of at most %d); steps %d-%d are trained again on data "
+                    "re-seeded past them", what, target.name, rollbacks, self.cfg.max_rollbacks, *skipped)
+        if self.bar is not None:
+            self.bar.n = self.steps_done
+            self.bar.refresh()
+        self.telemetry.restart()
+        return True
+
+    def _log(self, extras: dict) -> None:
+        """One loss record of the steps read since the last record, with the window's speed (`telemetry`)."""
+        losses = [loss for _, loss in self.unlogged]
+        self.unlogged = []
+        mean_loss = float(torch.tensor([sum(losses) / len(losses) if losses else math.nan]))  # float32, as logged
+        record = {"step": self.steps_done, "loss": mean_loss, "lr": self.run.scheduler.get_last_lr()[0],
+                  **self.telemetry.window(), "bad_steps": self.outcomes.bad_total,
+                  "skipped_samples": self.outcomes.skipped_samples, "world_size": self.accelerator.num_processes}
         record.update({k: float(v) for k, v in extras.items()})
         self.draws.merge()
         if self.draws.total:
             record["source_draws"] = self.draws.totals()
         self.logger.log(record)
         if self.bar is not None:
-            self.bar.set_postfix(loss=f"{record['loss']:.4f}")
+            self.bar.set_postfix(progress_fields(record))
 
     def _start_record(self) -> dict[str, Any]:
         """What this process really runs, logged once at the start of `fit`: the step it starts at (the
@@ -212,7 +289,8 @@ class Trainer:
                 "world_size": acc.num_processes, "batch": self.context.batch_figures(),
                 "distributed_type": acc.distributed_type.name,
                 "zero_stage": plugin.zero_stage if plugin is not None else None,
-                "precision": self.cfg.precision, "compile": self.cfg.compile, "compiled_modules": self.run.compiled}
+                "precision": self.cfg.precision, "compile": self.cfg.compile, "compiled_modules": self.run.compiled,
+                "resumed_from_world_size": self.resumed_world_size, **self.telemetry.start_fields(self.peak_source)}
 
     def _evaluate(self, final: bool = False) -> None:
         self.model.eval()
@@ -221,6 +299,7 @@ class Trainer:
         if metrics:
             self.logger.log({"step": self.steps_done, "eval": metrics})
             log.info("step %d eval %s", self.steps_done, metrics)
+        self.telemetry.restart()  # evaluation time is not step time
 
     # ---- the run -----------------------------------------------------------------------------
     def fit(self) -> Path:
@@ -231,19 +310,14 @@ class Trainer:
         # before the data stream starts: its loader workers, forked later, inherit the handlers
         preemption = PreemptionWatch(cfg.dist_timeout_s).start()
         try:
-            batches, since_log, samples_since_log = self.batches(), time.perf_counter(), 0
+            batches = self.batches()
             self.logger.log(self._start_record())
             self.task.after_optimizer_step(acc.unwrap_model(self.model), self.steps_done)
+            self.telemetry.restart()
             while self.steps_done < cfg.steps:
                 result = self.step(batches)
-                samples_since_log += self.context.samples_per_step
                 self.bar.update(1)
-                if self.steps_done % cfg.log_every == 0 or self.steps_done == cfg.steps:
-                    self._log(result.extras, time.perf_counter() - since_log, samples_since_log)
-                    since_log, samples_since_log = time.perf_counter(), 0
-                if cfg.eval_every and self.steps_done % cfg.eval_every == 0 and self.steps_done < cfg.steps:
-                    self._evaluate()
-                batches, saved = self._periodic_save(batches)
+                batches, saved = self._after_step(batches, result)
                 signal_name = preemption.agreed(self.steps_done)
                 if signal_name is not None:
                     self._stop(signal_name, saved if saved is not None else self.save())
@@ -258,15 +332,23 @@ class Trainer:
             self.logger.close()
         return self.run.run_dir
 
-    def _periodic_save(self, batches: Iterator[dict]) -> tuple[Iterator[dict], Path | None]:
-        """At a `train.save_every` step (not the last): checkpoint, and restart the data stream where a resume
-        would restart it. Returns the stream to go on with and the checkpoint (None: none written)."""
-        cfg = self.cfg
-        if not (cfg.save_every and self.steps_done % cfg.save_every == 0 and self.steps_done < cfg.steps):
-            return batches, None
-        self.data_start = self.steps_done
-        saved = self.save()
-        return self.batches(), saved
+    def _after_step(self, batches: Iterator[dict], result: StepResult) -> tuple[Iterator[dict], Path | None]:
+        """Log, evaluate and checkpoint at their steps (a spike found by a read rolls back instead). Returns
+        the data stream to go on with (restarted after a checkpoint or a rollback) and the checkpoint written."""
+        cfg, step = self.cfg, self.steps_done
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            if self._read_losses():
+                return self.batches(), None
+            self._log(result.extras)
+        if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+            self._evaluate()
+        if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
+            if self._read_losses():  # a spike since the last log step: no checkpoint of it
+                return self.batches(), None
+            self.data_start = self.data_seed_step = step  # restart the stream where a resume would restart it
+            saved = self.save()
+            return self.batches(), saved
+        return batches, None
 
     def _stop(self, signal_name: str, checkpoint: Path | None) -> None:
         """Preempted: log why, then raise `Preempted` (the CLI exits with the requeue status)."""
@@ -278,6 +360,16 @@ class Trainer:
         shutdown(self.accelerator, self.model, wait_for_peers=not self.peers_lost)
         del self.model, self.run
         gc.collect()
+
+
+def progress_fields(record: dict[str, Any]) -> dict[str, str]:
+    """The progress bar's postfix: loss, samples/s, data-wait share and MFU when the record has them."""
+    fields = {"loss": f"{record['loss']:.4f}", "samples/s": f"{record['samples_per_s']:.1f}"}
+    if "data_wait_share" in record:
+        fields["data_wait"] = f"{100 * record['data_wait_share']:.0f}%"
+    if "mfu" in record:
+        fields["mfu"] = f"{record['mfu']:.2f}"
+    return fields
 
 
 def train(config: Any, make_task: TaskFactory, resume: str | None = None) -> Path:

@@ -86,7 +86,7 @@ class StepOutcomes:
     bad_total: int = 0  # skipped steps so far (checkpointed)
     skipped_samples: int = 0  # undecodable samples the loader skipped so far (checkpointed)
     bad_run: int = 0  # consecutive skipped steps up to the last settled one
-    good_losses: list[float] = field(default_factory=list)  # settled losses of applied steps, since `take`
+    good_losses: list[tuple[int, float]] = field(default_factory=list)  # settled (step, loss) of applied steps
     _steps: list[int] = field(default_factory=list)
     _losses: list[torch.Tensor] = field(default_factory=list)
     _status: list[torch.Tensor] = field(default_factory=list)
@@ -117,7 +117,7 @@ class StepOutcomes:
         for step, loss, status in zip(steps, *values):
             if status == OK:
                 self.bad_run = 0
-                self.good_losses.append(loss)
+                self.good_losses.append((step, loss))
                 continue
             self.bad_total += 1
             self.bad_run += 1
@@ -129,7 +129,7 @@ class StepOutcomes:
                 raise NonFiniteError(f"{self.bad_run} consecutive non-finite steps at step {step} — "
                                      f"{where}; lower optim.lr or raise train.grad_clip, then --resume")
 
-    def take_losses(self) -> list[float]:
-        """The settled losses of applied steps since the last call (for one log record)."""
+    def take_losses(self) -> list[tuple[int, float]]:
+        """The settled (step, loss) of the applied steps since the last call."""
         losses, self.good_losses = self.good_losses, []
         return losses

@@ -45,6 +45,10 @@ class CheckpointStore:
             check_same_schedule(found, schedule)
         return found
 
+    def newest(self) -> Path | None:
+        """The newest intact checkpoint of the run (what `--resume auto` would take), agreed by every rank."""
+        return agreed_resume(self.accelerator, "auto", self.run_dir)
+
     def load(self, path: Path) -> EngineState:
         """Load accelerate's state (model, optimizer, scaler, RNG) from `path` after checking that every pickle
         in it is tensors-only; returns the engine's own state. Drops the metrics the run logged after it."""
