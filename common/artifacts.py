@@ -120,7 +120,7 @@ class EngineState:
     step: int
     bad_steps: int = 0
     skipped_samples: int = 0
-    schedule: dict[str, int] = field(default_factory=dict)  # what a resume must match (`RunContext.schedule`)
+    schedule: dict[str, int] = field(default_factory=dict)  # what a resume must match (`build.schedule_of`)
     source_draws: dict[str, int] = field(default_factory=dict)  # samples drawn per training source, all ranks
     scheduler: dict[str, Any] = field(default_factory=dict)  # the LR scheduler's state_dict (plain JSON)
     data_start: Optional[int] = None  # the step the data stream started at (None: `step`)

@@ -8,7 +8,7 @@ mask, data) and its last checkpoint, and prints one JSON line, all on the eval s
 - `image_blind_cos`: the same for the best predictor that never looks at the image: the per-position mean
   of the normalised teacher targets over the train split. `gain = masked_cos − image_blind_cos` is what
   stage 1 learned about the images; near 0, the student learned the teacher's position-dependent average
-  and its trunk is no better a start for stage 2 than a random one (README, "Your own data");
+  and its trunk is no better a start for stage 2 than a random one (docs/results.md);
 - `visible_cos`: the cosine at tokens left visible (the loss never sees them: the stage-1 zero-shot probe
   reads these, so a probe at chance with a large `gain` is no failure);
 - `teacher_token_probe_top1`: the stage-1 probe applied to the teacher's own targets (the probe's ceiling).

@@ -6,7 +6,7 @@ import sys
 from typing import Sequence
 
 from common.train.cli import run_stage
-from common.train.engine import TaskFactory
+from common.train.task import TaskFactory
 from stage1_mim.config import Stage1Config
 
 

@@ -22,7 +22,7 @@ CheckpointErrors = Literal["stop", "warn"]  # a checkpoint that cannot be writte
 
 
 WandbMode = Literal["disabled", "online", "offline"]
-SpikeAction = Literal["off", "warn", "rollback"]
+SpikeAction = Literal["none", "warn", "rollback"]
 
 
 @dataclass
@@ -105,7 +105,7 @@ class TrainConfig:
                               "or null to take a known GPU's from its data sheet")
         if self.spike.action == "rollback" and self.spike.window >= self.steps:
             raise ConfigError(f"train.spike.window={self.spike.window} is not below train.steps={self.steps}: the "
-                              "rollback rule can never fire — lower the window, or set train.spike.action=off")
+                              "rollback rule can never fire — lower the window, or set train.spike.action=none")
         if self.spike.action == "rollback" and not self.save_every:
             raise ConfigError("train.spike.action=rollback reloads a checkpoint, but train.save_every=0 saves "
                               "none before the end — set train.save_every (e.g. 1000)")
@@ -121,7 +121,7 @@ class TrainConfig:
 
 def check_remote_url(url: str) -> None:
     """`train.remote_dir`: a one-line `ConfigError` for a URL whose file system fsspec does not know or
-    cannot load (common/train/remote.py syncs to it)."""
+    cannot load (common/train/checkpoint/remote.py syncs to it)."""
     import fsspec
     protocol = fsspec.utils.get_protocol(url)
     try:

@@ -174,8 +174,8 @@ def make_train_loader(shards: Union[Sequence[str], Sequence[StreamSource]], map_
     """Infinite collated batches (`batch_size` per rank) + `skipped` `[B] int64` (+ `source`, the names of
     the samples' sources, with ≥ 2 sources); deterministic in (seed, rank, world_size, num_workers).
     `shards`: shard urls (one source) or `StreamSource`s. `map_sample(image, meta)` gets meta {cls, txt,
-    captions, key, url, source}. (That the shards hold one global batch is checked at start-up:
-    `shard_list.require_one_global_batch`.)"""
+    captions, key, url, source}. (That the shards hold one contrastive batch is checked at start-up:
+    `shard_list.require_one_contrastive_batch`.)"""
     sources = as_sources(shards)
     if not any(source.urls for source in sources):
         raise FileNotFoundError("make_train_loader got no shards — check data.train_shards")

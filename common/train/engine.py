@@ -252,7 +252,7 @@ class Trainer:
         self._restore(self.run.checkpoints.load(target))
         self.rollbacks, self.data_seed_step, self.unlogged = rollbacks, spike.step, []
         skipped = [self.steps_done + 1, spike.step]
-        self.logger.log({"step": self.steps_done, "event": "rollback", "spike_step": spike.step, "loss": spike.loss,
+        self.logger.log({"step": self.steps_done, "event": "rollback", "spike_step": spike.step, "spike_loss": spike.loss,
                          "median": spike.median, "checkpoint": str(target), "skipped_steps": skipped,
                          "data_seed_step": spike.step, "rollbacks": rollbacks})
         log.warning("%s: rolled back to %s (rollback %d of at most %d); steps %d-%d are trained again on data "

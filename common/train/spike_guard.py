@@ -40,7 +40,7 @@ class SpikeGuard:
 
     def judge(self, steps_losses: Iterable[tuple[int, float]]) -> list[Spike]:
         """The spikes among newly read (step, loss) pairs, in order; every other loss joins the window."""
-        if self.cfg.action == "off":
+        if self.cfg.action == "none":
             return []
         spikes = []
         for step, loss in steps_losses:

@@ -8,6 +8,7 @@ wandb is an optional extra (`pip install 'evaclip[wandb]'`), imported here only.
 """
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ class WandbRun:
     def __init__(self, cfg: WandbConfig, run_dir: Path, config: dict[str, Any]):
         import wandb
         id_file = Path(run_dir) / WANDB_ID_FILE
-        run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
+        run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:8]
         id_file.parent.mkdir(parents=True, exist_ok=True)
         id_file.write_text(run_id)
         self.run = wandb.init(project=cfg.project, name=cfg.name or Path(run_dir).name, mode=cfg.mode,

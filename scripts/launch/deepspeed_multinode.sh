@@ -4,7 +4,7 @@
 # The ZeRO stage comes from the config's train.deepspeed (the EVA recipes: configs/deepspeed/zero1.json).
 #   scripts/launch/deepspeed_multinode.sh stage1 configs/stage1/eva02_b_mim.yaml teacher.weights=/w/EVA01-g-14.bin
 #   scripts/launch/deepspeed_multinode.sh stage2 configs/stage2/eva02_clip_b16.yaml --init runs/eva02_b_mim \
-#       model.text.weights=/w/ViT-B-16.pt train.contrastive_accum=4      # 2 nodes: 8 / 2 … see README, "Scale"
+#       model.text.weights=/w/ViT-B-16.pt train.contrastive_accum=4      # 2 nodes: 8 / 2 … see docs/scale.md
 set -euo pipefail
 stage=${1:?usage: deepspeed_multinode.sh stage1|stage2 CONFIG [--init …] [key=value …]}
 config=${2:?usage: deepspeed_multinode.sh stage1|stage2 CONFIG [--init …] [key=value …]}

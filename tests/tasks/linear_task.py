@@ -94,22 +94,24 @@ class LinearTask:
                   str(Path(out_dir) / "model.safetensors"))
 
 
-def run_linear(out: Path, *overrides: str, resume: str | None = None) -> list[dict]:
-    """Train the linear task in this process into `out`; returns its metrics records."""
+def run_linear(out: Path, *overrides: str, resume: str | None = None, config: type = LinearConfig,
+               task: type = LinearTask) -> list[dict]:
+    """Train the linear task (or `task` under `config`) in this process into `out`; returns its metrics records."""
     from common.artifacts import read_metrics
     from common.train.engine import train
-    cfg = load_config(LinearConfig, None, [f"train.output_dir={out}", *overrides])
-    train(cfg, lambda run: LinearTask(cfg, run), resume=resume)
+    cfg = load_config(config, None, [f"train.output_dir={out}", *overrides])
+    train(cfg, lambda run: task(cfg, run), resume=resume)
     return read_metrics(out)
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], config: type = LinearConfig, task: type = LinearTask) -> int:
+    """The command line of the module docstring, for the linear task (or `task` under `config`)."""
     from common.train.cli import exit_status
     from common.train.engine import train
     resume = argv[argv.index("--resume") + 1] if "--resume" in argv else None
     overrides = [a for a in argv[1:] if a not in ("--resume", resume)]
-    cfg = load_config(LinearConfig, None, [f"train.output_dir={argv[0]}", *overrides])
-    return exit_status(lambda: train(cfg, lambda run: LinearTask(cfg, run), resume=resume))
+    cfg = load_config(config, None, [f"train.output_dir={argv[0]}", *overrides])
+    return exit_status(lambda: train(cfg, lambda run: task(cfg, run), resume=resume))
 
 
 if __name__ == "__main__":
