@@ -104,7 +104,7 @@ class Trainer:
     def _telemetry(self) -> Telemetry:
         c = self.context
         peak, self.peak_source = peak_flops(c.device, self.cfg.precision, self.cfg.peak_tflops or 0.0)
-        return Telemetry(c.samples_per_step, c.world_size, c.micro_batch * c.backward_passes, peak,
+        return Telemetry(c.samples_per_step, c.world_size, peak,
                          self.cfg.data_wait_warn, self.run.num_workers, detailed=self.cfg.telemetry)
 
     def _restore(self, state: EngineState) -> None:
@@ -164,17 +164,32 @@ class Trainer:
         """One optimizer step: forward/backward over `grad_accum` × `contrastive_accum` passes, clipping, the
         update (a no-op when non-finite), the LR schedule; no host-device sync (`common.train.step_guard`).
         Its outcome is recorded for the next log read."""
-        if self.telemetry.counts_flops():  # its batches fetched first: the count is the step's alone
-            fetched = iter([self.telemetry.next_batch(batches) for _ in range(self.context.backward_passes)])
-            with self.telemetry.counting_flops():
-                result = self._step(fetched)
-        else:
-            result = self._step(batches)
+        if self.telemetry.counts_flops():  # once per process, on the step's first batch, fetched here
+            fetched = [self.telemetry.next_batch(batches) for _ in range(self.context.backward_passes)]
+            self._count_flops(fetched[0])
+            batches = iter(fetched)
+        result = self._update(*self._passes(batches))
         self.telemetry.step_done()
         return result
 
-    def _step(self, batches: Iterator[dict]) -> StepResult:
-        acc, losses, finite = self.accelerator, [], []
+    def _count_flops(self, batch: dict[str, Any]) -> None:
+        """The FLOPs of one micro-batch's loss, forward and backward, counted on a pass of its own (the RNG
+        states kept, no `.grad` written, the wrapped model's hooks not run): a counted step would round
+        differently (torch's counter is a dispatch mode) and a resumed run would no longer equal an
+        uninterrupted one."""
+        model = self.accelerator.unwrap_model(self.model)
+        inputs = to_device({k: v for k, v in batch.items() if k not in ("skipped", "source")},
+                           self.accelerator.device, self.input_dtype)
+        trained = [p for p in model.parameters() if p.requires_grad]
+        devices = [self.context.device] if self.context.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), self.telemetry.counting_flops(self.context.micro_batch):
+            with self.accelerator.autocast():
+                loss, _ = self.task.training_loss(model, inputs)
+            torch.autograd.grad(loss, trained, allow_unused=True)
+
+    def _passes(self, batches: Iterator[dict]) -> tuple[list[torch.Tensor], list[torch.Tensor], dict]:
+        """Forward and backward of every pass of one step: (losses, their finiteness, the last pass's extras)."""
+        acc, losses, finite, extras = self.accelerator, [], [], {}
         self.model.train()
         passes = self._loss_passes(batches)
         # accelerate (and DeepSpeed) divide each backward by all passes; a contrastive group's K passes
@@ -189,6 +204,11 @@ class Trainer:
                     acc.backward(loss * group if group > 1 else loss)
             losses.append(loss.detach())
             finite.append(loss_finite)
+        return losses, finite, extras
+
+    def _update(self, losses: list[torch.Tensor], finite: list[torch.Tensor], extras: dict) -> StepResult:
+        """The optimizer step after the passes, the LR schedule, the task's hook; the outcome recorded."""
+        acc = self.accelerator
         if not acc.sync_gradients:
             raise RuntimeError("accelerate's accumulation counter is out of step with the backward passes")
         status, grad_norm = self._optimizer_step(torch.stack(finite).all())

@@ -30,7 +30,8 @@ class Task(Protocol):
         sample) and `source` (B names of the training sources the samples came from)."""
 
     def training_loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict]:
-        """The scalar loss of a batch and extra scalars to log (plain floats or 0-d tensors)."""
+        """The scalar loss of a batch and extra scalars to log (plain floats or 0-d tensors). Called once
+        more, on the first batch of a process, to count FLOPs (`train.telemetry`): it keeps no state."""
 
     def after_optimizer_step(self, model: nn.Module, step: int) -> None:
         """Called with the number of optimizer steps done (skipped ones included): after every step,

@@ -6,9 +6,10 @@ the step outcomes (the one host-device sync of a window), so no sync is added. D
 in `next()` on the training stream; compute is the rest of the window's wall time.
 
 MFU = FLOPs per sample × samples/s per device ÷ the device's peak FLOP/s. FLOPs per sample are counted
-once per process start with torch's own counter (`torch.utils.flop_counter.FlopCounterMode`) over the
-first optimizer step: what that step executes (forward, backward, a frozen teacher's forward; matmuls,
-convolutions and attention), divided by its samples. The peak is `train.peak_tflops`, else the data-sheet
+once per process start with torch's own counter (`torch.utils.flop_counter.FlopCounterMode`) on a pass of
+their own over the first micro-batch: its loss, forward and backward (a frozen teacher's forward too;
+matmuls, convolutions and attention), divided by its samples — the model's FLOPs, without the re-forward
+of contrastive accumulation or gradient checkpointing. The peak is `train.peak_tflops`, else the data-sheet
 dense peak of a known GPU at the run's precision (`PEAK_TFLOPS`); on a CPU or an unknown GPU it is not
 known and MFU is not reported.
 """
@@ -58,7 +59,6 @@ class Telemetry:
     """The speed of a run, window by window (a window: the steps between two log records)."""
     samples_per_step: int  # all ranks
     world_size: int
-    samples_per_step_here: int  # this rank's samples per optimizer step (micro-batch × backward passes)
     peak_flops: Optional[float]  # per device; None: MFU not reported
     warn_share: float  # data wait above this share of the step time: one warning (0: never)
     num_workers: Optional[int]  # data.num_workers, named in the warning
@@ -78,12 +78,12 @@ class Telemetry:
         return self.detailed and self.flops_per_sample is None
 
     @contextmanager
-    def counting_flops(self) -> Iterator[None]:
-        """Count the FLOPs of what runs inside (one optimizer step, its batches already fetched)."""
+    def counting_flops(self, samples: int) -> Iterator[None]:
+        """Count the FLOPs of what runs inside (the forward and backward of `samples` samples)."""
         from torch.utils.flop_counter import FlopCounterMode
         with FlopCounterMode(display=False) as counter:
             yield
-        self.flops_per_sample = counter.get_total_flops() / self.samples_per_step_here
+        self.flops_per_sample = counter.get_total_flops() / samples
 
     def next_batch(self, batches: Iterator[dict]) -> dict:
         """`next(batches)`, its wait added to the window's data wait."""

@@ -28,7 +28,8 @@ from common.train.optim import tower_param_groups
 @dataclass
 class LinearConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        steps=30, batch_size=16, log_every=1, progress=False, tensorboard=False))
+        steps=30, batch_size=16, log_every=1, progress=False, tensorboard=False,
+        telemetry=False))  # the FLOP count calls `training_loss` once more: it would shift the call counts
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=0.05, warmup_steps=2, weight_decay=0.0))
     crash_at_step: int = 0  # >0: raise inside the step (simulates a crash)
     nan_at_steps: tuple[int, ...] = ()  # steps whose loss is replaced by NaN

@@ -25,7 +25,7 @@ def test_data_wait_is_the_share_of_the_step_spent_on_a_slow_loader_and_warns_onc
     not timing `next()` → share 0, the test fails)."""
     with caplog.at_level(logging.WARNING, logger="evaclip"):
         run_operated(tmp_path / "run", "train.steps=30", "train.log_every=5", "loader_sleep=0.04",
-                     "step_sleep=0.04", "train.data_wait_warn=0.3")
+                     "step_sleep=0.04", "train.data_wait_warn=0.3", "train.telemetry=true")
     records = loss_records(tmp_path / "run")
     shares = [r["data_wait_share"] for r in records[1:]]  # the first window holds the start-up
     assert all(0.3 < share < 0.7 for share in shares), shares
@@ -37,7 +37,7 @@ def test_data_wait_is_the_share_of_the_step_spent_on_a_slow_loader_and_warns_onc
 
 def test_a_fast_loader_raises_no_warning(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="evaclip"):
-        run_operated(tmp_path / "run", "train.steps=24", "train.log_every=4", "step_sleep=0.03")
+        run_operated(tmp_path / "run", "train.steps=24", "train.log_every=4", "step_sleep=0.03", "train.telemetry=true")
     assert not [m for m in caplog.messages if m.startswith("data wait is")]
     assert max(r["data_wait_share"] for r in loss_records(tmp_path / "run")[1:]) < 0.3
 
@@ -45,7 +45,8 @@ def test_a_fast_loader_raises_no_warning(tmp_path, caplog):
 def test_mfu_is_the_counted_flops_per_sample_times_samples_per_second_over_the_peak(tmp_path):
     """FLOPs per sample equal the hand count of the model's matmuls (mutation: counting the batch's
     generation too, or dividing by the wrong sample count, changes it)."""
-    run_operated(tmp_path / "run", "train.steps=6", "train.log_every=2", "train.peak_tflops=1.0e-9")
+    run_operated(tmp_path / "run", "train.steps=6", "train.log_every=2", "train.peak_tflops=1.0e-9",
+                 "train.telemetry=true")
     start = next(r for r in read_metrics(tmp_path / "run") if r.get("event") == "start")
     assert start["peak_flops"] == pytest.approx(1e3) and start["peak_flops_source"] == "train.peak_tflops"
     for r in loss_records(tmp_path / "run"):
@@ -54,13 +55,13 @@ def test_mfu_is_the_counted_flops_per_sample_times_samples_per_second_over_the_p
 
 
 def test_on_a_cpu_the_peak_is_not_guessed(tmp_path):
-    run_operated(tmp_path / "run", "train.steps=2", "train.log_every=1")
+    run_operated(tmp_path / "run", "train.steps=2", "train.log_every=1", "train.telemetry=true")
     start = next(r for r in read_metrics(tmp_path / "run") if r.get("event") == "start")
     assert start["peak_flops"] is None and "not known on cpu" in start["peak_flops_source"]
     assert all("mfu" not in r for r in loss_records(tmp_path / "run"))
 
 
 def test_telemetry_off_keeps_samples_per_second_only(tmp_path):
-    run_operated(tmp_path / "run", "train.steps=2", "train.log_every=1", "train.telemetry=false")
+    run_operated(tmp_path / "run", "train.steps=2", "train.log_every=1")  # the test tasks' default: off
     record = loss_records(tmp_path / "run")[-1]
     assert "samples_per_s" in record and "data_wait_s" not in record and "mfu" not in record
