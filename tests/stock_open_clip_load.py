@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+del sys.path[0]  # this script's folder: tests/ holds a package named `common` (the tests of evaclip's)
 sys.path.append(sys.argv[1])
 EVACLIP_PACKAGES = ("common", "stage1_mim", "stage2_contrastive")
 

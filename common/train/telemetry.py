@@ -54,6 +54,18 @@ def peak_flops(device: torch.device, precision: str, override_tflops: float) -> 
     return None, f"not known for '{name}' (set train.peak_tflops to report MFU)"
 
 
+class GlobalOnly:
+    """Stands in for `FlopCounterMode`'s module tracker: every FLOP is counted under "Global" only. The
+    tracker's module hooks are not installed (its multi-grad hooks refuse `torch.autograd.grad`)."""
+    parents = frozenset({"Global"})
+
+    def __enter__(self) -> "GlobalOnly":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
 @dataclass
 class Telemetry:
     """The speed of a run, window by window (a window: the steps between two log records)."""
@@ -81,7 +93,9 @@ class Telemetry:
     def counting_flops(self, samples: int) -> Iterator[None]:
         """Count the FLOPs of what runs inside (the forward and backward of `samples` samples)."""
         from torch.utils.flop_counter import FlopCounterMode
-        with FlopCounterMode(display=False) as counter:
+        counter = FlopCounterMode(display=False)
+        counter.mod_tracker = GlobalOnly()  # totals only: no module hooks (they break autograd.grad)
+        with counter:
             yield
         self.flops_per_sample = counter.get_total_flops() / samples
 
