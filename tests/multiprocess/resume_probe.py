@@ -37,6 +37,11 @@ def consolidated_state(trainer: Trainer) -> dict[str, Any]:
     if deepspeed:
         from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
         inner = model.optimizer.optimizer  # the torch optimizer DeepSpeed steps on its flat partitions
+        if hasattr(model.optimizer, "_lazy_init_hp_params_optimizer_state"):  # ZeRO-1/2
+            # DeepSpeed links each parameter's view of the Adam moments after the optimizer's first step of
+            # param group 0, before group 1 has any state: link again, now that every group has its moments
+            model.optimizer._hp_optimizer_states_linked = False
+            model.optimizer._lazy_init_hp_params_optimizer_state()
         for name, p in model.module.named_parameters():
             params[name] = {"param": safe_get_full_fp32_param(p).detach().float().cpu().clone(),
                             **{k: safe_get_full_optimizer_state(p, k).detach().float().cpu().clone()
@@ -78,13 +83,8 @@ class ProbeTrainer(Trainer):
         return saved
 
 
-def main(argv: list[str]) -> int:
+def run_probe(out: str, dumps: Path, overrides: list[str], resume: str | None, stop_at: int) -> Path:
     from common.train.build import build_run
-    out, dumps, rest = argv[0], Path(argv[1]), argv[2:]
-    resume = rest[rest.index("--resume") + 1] if "--resume" in rest else None
-    stop_at = int(rest[rest.index("--stop-at") + 1]) if "--stop-at" in rest else -1
-    overrides = [a for i, a in enumerate(rest) if a not in ("--resume", "--stop-at")
-                 and (i == 0 or rest[i - 1] not in ("--resume", "--stop-at"))]
     cfg = load_config(LinearConfig, None, [f"train.output_dir={out}", *overrides])
     trainer = ProbeTrainer(build_run(cfg, lambda run: LinearTask(cfg, run), resume), dumps, stop_at)
     try:
@@ -93,7 +93,23 @@ def main(argv: list[str]) -> int:
         pass
     finally:
         trainer.close()
-    return 0
+    return Path(out)
+
+
+def main(argv: list[str]) -> int:
+    from common.train.cli import exit_status
+    from common.train.logs import setup_logging
+    setup_logging()
+    out, dumps, rest = argv[0], Path(argv[1]), argv[2:]
+    options = {"--resume": None, "--stop-at": "-1"}
+    overrides: list[str] = []
+    args = iter(rest)
+    for arg in args:
+        if arg in options:
+            options[arg] = next(args)
+        else:
+            overrides.append(arg)
+    return exit_status(lambda: run_probe(out, dumps, overrides, options["--resume"], int(options["--stop-at"])))
 
 
 if __name__ == "__main__":
