@@ -127,13 +127,19 @@ def _deepspeed_data_classes() -> list[type]:
     return [ZeroStageEnum, LossScaler, DynamicLossScaler, fragment_address]
 
 
+def pickle_globals(deepspeed: bool) -> list[Any]:
+    """What a checkpoint's pickles may hold beyond tensors: numpy arrays (accelerate's RNG states) and, in a
+    DeepSpeed run, DeepSpeed's data classes."""
+    from accelerate.utils.other import TORCH_SAFE_GLOBALS  # numpy's array reconstruction, for RNG states
+    return list(TORCH_SAFE_GLOBALS) + (_deepspeed_data_classes() if deepspeed else [])
+
+
 def require_tensors_only_checkpoint(path: Path, deepspeed: bool) -> None:
     """Refuse (`UnsafeFileError`, one line) a checkpoint holding a pickle that would import more than
     tensors and plain data, before accelerate or DeepSpeed unpickle it (accelerate loads objects registered
     for checkpointing, DeepSpeed its ZeRO files, with `weights_only=False`). Allowed beyond torch's own:
     numpy arrays (accelerate's RNG states) and, in a DeepSpeed run, DeepSpeed's data classes."""
-    from accelerate.utils.other import TORCH_SAFE_GLOBALS  # numpy's array reconstruction, for RNG states
-    allowed = list(TORCH_SAFE_GLOBALS) + (_deepspeed_data_classes() if deepspeed else [])
+    allowed = pickle_globals(deepspeed)
     for file in sorted(p for p in path.rglob("*") if p.suffix in PICKLE_SUFFIXES and p.is_file()):
         try:
             require_tensors_only(file, allowed)

@@ -20,7 +20,8 @@ from common.config.sections import TrainConfig
 from common.errors import CheckpointError
 from common.run_context import RunContext
 from common.train.checkpoint import universal
-from common.train.checkpoint.resume import agreed_resume, check_same_schedule, require_tensors_only_checkpoint
+from common.train.checkpoint.resume import (agreed_resume, check_same_schedule, pickle_globals,
+                                            require_tensors_only_checkpoint)
 from common.train.checkpoint.write import CheckpointWrite, finalize, publish_weights, temp_path
 
 log = logging.getLogger("evaclip")
@@ -102,8 +103,14 @@ class CheckpointStore:
             require_tensors_only_checkpoint(out, deepspeed=True)
             with universal.universal_loading(acc):
                 self._load_state(path, source=out)
+            universal.restore_param_groups(acc, out, pickle_globals(deepspeed=True))
         except CheckpointError as err:
             failure = err
+        except Exception as err:  # noqa: BLE001 - the scan or the param groups: this resume cannot go on
+            first = (str(err).strip().splitlines() or [""])[0][:200]
+            failure = CheckpointError(f"--resume {path}: cannot load its universal checkpoint {out} "
+                                      f"({type(err).__name__}: {first}) — resume it on the number of processes "
+                                      "that wrote it, or train into a new train.output_dir")
         loaded = universal.all_loaded(acc, failure is not None, path, timeout)
         if acc.is_main_process:
             shutil.rmtree(out, ignore_errors=True)

@@ -127,6 +127,27 @@ def universal_loading(accelerator: Any) -> Iterator[None]:
             engine._config.load_universal_checkpoint = value
 
 
+def restore_param_groups(accelerator: Any, out: Path, allowed: list[Any]) -> None:
+    """Every param group's hyperparameters (weight decay, betas, eps, lr, lr_scale, …) as the checkpoint saved
+    them, group by group. DeepSpeed 0.19's ZeRO-3 universal loader writes param group 0's values into EVERY
+    group (`load_hp_checkpoint_state_from_checkpoint_dir_stage3`), so a run whose decay and no-decay groups
+    differ would go on with group 0's weight decay everywhere; ZeRO-1/2's loader sets them group by group,
+    as this does. The values are the converter's copy of the checkpoint's (`zero/optimizer_state.pt`)."""
+    from deepspeed.checkpoint.constants import PARAM_GROUPS
+    from common.weights.safe_load import torch_load_tensors_only
+    saved = torch_load_tensors_only(deepspeed_folder(out) / "zero" / "optimizer_state.pt", allowed)[PARAM_GROUPS]
+    for engine in accelerator._models:
+        groups = getattr(getattr(engine, "optimizer", None), "optimizer", None)
+        groups = getattr(groups, "param_groups", None)
+        if groups is None:
+            continue
+        if len(groups) != len(saved):
+            raise CheckpointError(f"{out}: {len(saved)} param groups saved, this run's optimizer has {len(groups)} — "
+                                  "resume with the config the checkpoint was trained with")
+        for group, values in zip(groups, saved):
+            group.update({k: v for k, v in values.items() if k != "params"})
+
+
 def all_loaded(accelerator: Any, failed: bool, checkpoint: Path, timeout_s: float) -> bool:
     """Every rank's load outcome agreed (also the point after which the converted folder may go)."""
     return max_over_ranks(int(failed), f"the vote that every rank loaded {checkpoint.name}", timeout_s) == 0
