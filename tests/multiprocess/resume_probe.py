@@ -7,7 +7,8 @@ resume on another number of processes.
 The state (`consolidated_state`): per parameter its fp32 value and Adam's `exp_avg`, `exp_avg_sq` and step,
 gathered whole — under DeepSpeed ZeRO through DeepSpeed's own `safe_get_full_fp32_param` /
 `safe_get_full_optimizer_state` (collectives: every rank calls them), under DDP from the optimizer each
-rank holds whole — plus every param group's hyperparameters. Rank 0 writes `DUMP_DIR/<when>_step<N>.pt`
+rank holds whole — plus every param group's hyperparameters, rank 0's torch seed and accelerate's
+accumulation counter. Rank 0 writes `DUMP_DIR/<when>_step<N>.pt`
 (`when`: `saved` after a checkpoint, `resumed` after a load). `--stop-at N` ends the run cleanly (exit 0)
 after its checkpoint of step N, as a job that ran out of time would have stopped.
 """
@@ -51,15 +52,17 @@ def consolidated_state(trainer: Trainer) -> dict[str, Any]:
     else:
         inner = trainer.run.optimizer.optimizer  # accelerate's AcceleratedOptimizer wraps the torch one
         for name, p in trainer.accelerator.unwrap_model(model).named_parameters():
-            state = inner.state[p]
+            state = inner.state.get(p, {})  # none: the optimizer was not loaded (zeros then, as Adam starts)
             params[name] = {"param": p.detach().float().cpu().clone(),
-                            **{k: state[k].detach().float().cpu().clone() for k in ADAM_STATES}}
+                            **{k: state.get(k, torch.zeros_like(p)).detach().float().cpu().clone()
+                               for k in ADAM_STATES}}
         steps = sorted({float(s["step"]) for s in inner.state.values() if "step" in s})
         groups = inner.param_groups
     hyper = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()
               if k in ("lr", "weight_decay", "betas", "eps", "lr_scale")} for g in groups]
     return {"params": params, "adam_steps": steps, "param_groups": hyper, "step": trainer.steps_done,
-            "world_size": trainer.context.world_size}
+            "world_size": trainer.context.world_size, "torch_seed": torch.initial_seed(),
+            "accumulation_counter": trainer.accelerator.step}
 
 
 class ProbeTrainer(Trainer):

@@ -120,6 +120,11 @@ def test_resume_on_other_world_size_is_recorded_and_logged(chain, mode):
                r["resumed_from_world_size"], r["batch"]["samples_per_step"]) for r in start_records(run.run_dir)]
     assert starts == [(0, None, 2, None, 16), (2, checkpoint_dir(".", 2).name, 1, 2, 16),
                       (4, checkpoint_dir(".", 4).name, 2, 1, 16)], starts
+    seed = load_config(LinearConfig, None, []).train.seed
+    for step in (2, 4):  # rank 0's RNGs seeded from (seed, step, rank), its accumulation counter at the boundary
+        resumed = dumped(run, "resumed", step)
+        assert resumed["torch_seed"] == ((seed * 1_000_003 + step) * 1_009 + 0) % 2**32
+        assert resumed["accumulation_counter"] == step  # one backward pass per step
     assert "resumed on 1 processes from 2" in run.stderr[1]
     assert "resumed on 2 processes from 1" in run.stderr[2]
     if mode != "ddp":  # DeepSpeed's universal checkpoint was made, loaded, and removed
@@ -229,3 +234,32 @@ def test_batch_fix_says_when_the_contrastive_batch_does_not_divide_over_the_proc
         "processes — resume on a number of processes that divides 16 (1, 2, 4, 8, 16)")
     assert batch_fix({"samples_per_step": 12}, None, context(5, 2)).startswith(
         "checkpoint trained 12 samples per step (contrastive batch 12): 12 do not divide over 5 processes")
+
+
+@pytest.mark.slow
+def test_stage2_resumes_on_one_process_with_contrastive_accumulation(fmnist_shards, tmp_path):
+    """Stage 2 (softmax CLIP) checkpointed at step 1 on 2 processes × batch 4 (contrastive batch 8) resumes on
+    1 process with batch 4 × contrastive_accum 2 — the same 8 pairs per loss in the memory of batch 4, the
+    fix the batch error names. Two backward passes per step now, one then: accelerate's accumulation
+    counter (saved in each rank's RNG file as 1) must be set at the step's boundary, or the engine stops
+    with 'accelerate's accumulation counter is out of step'."""
+    from tests.conftest import TINY_STAGE2
+    run_dir = tmp_path / "run"
+    common = ["--config", "configs/stage2/fmnist_tiny.yaml", f"train.output_dir={run_dir}",
+              f"data.train_shards={fmnist_shards / 'train'}", f"data.eval_shards={fmnist_shards / 'test'}",
+              *TINY_STAGE2, "data.eval_max_samples=32", "data.final_eval_max_samples=32", "train.steps=3",
+              "train.save_every=1", "train.keep_last=3", "train.batch_size=4"]
+    first = subprocess.run(torchrun(2, "stage2_contrastive.train", *common), cwd=ROOT, env=subprocess_env(),
+                           capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stderr[-3000:]
+    resumed = subprocess.run([*torchrun(1, "stage2_contrastive.train", *common), "train.contrastive_accum=2",
+                              "--resume", str(checkpoint_dir(run_dir, 1))], cwd=ROOT, env=subprocess_env(),
+                             capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    starts = [(r["step"], r["world_size"], r["resumed_from_world_size"], r["batch"]["contrastive_batch"],
+               r["batch"]["contrastive_accum"]) for r in start_records(run_dir)]
+    assert starts == [(0, 2, None, 8, 1), (1, 1, 2, 8, 2)], starts
+    records = loss_records(run_dir)
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert all(r["loss"] == r["loss"] and r["bad_steps"] == 0 for r in records)  # finite, nothing skipped
+    assert "resumed on 1 processes from 2" in resumed.stderr
