@@ -28,7 +28,6 @@ import argparse
 import contextlib
 import io
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
@@ -60,17 +59,10 @@ def reseed_for_new_world(seed: int, step: int, rank: int) -> None:
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[io.StringIO]:
-    """The converter prints its progress and draws tqdm bars: into a buffer (logged at debug) instead."""
-    buffer, before = io.StringIO(), os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"
-    try:
-        with contextlib.redirect_stdout(buffer):
-            yield buffer
-    finally:
-        if before is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = before
+    """The converter prints its progress and draws tqdm bars (on stderr): into a buffer, logged at debug."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+        yield buffer
 
 
 def convert(checkpoint: Path, out: Path) -> None:
