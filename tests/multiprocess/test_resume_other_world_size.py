@@ -14,6 +14,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from dataclasses import dataclass
+from types import SimpleNamespace
 from pathlib import Path
 from typing import Callable
 
@@ -21,11 +22,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from common.artifacts import CHECKPOINTS_DIR, checkpoint_dir
+from common.artifacts import CHECKPOINTS_DIR, checkpoint_dir, universal_dir
 from common.config.schema import load_config
 from common.errors import CheckpointError
 from common.run_context import RunContext
+from common.train.checkpoint.manifest import damaged_files
 from common.train.checkpoint.resume import batch_fix
+from common.train.checkpoint.universal import agreed_conversion
 from common.train.engine import data_seed
 from common.train.optim import warmup_cosine
 from tests.launch import ROOT, linear_run, subprocess_env, torchrun
@@ -132,6 +135,8 @@ def test_resume_on_other_world_size_is_recorded_and_logged(chain, mode):
         assert "through DeepSpeed's universal checkpoint" in run.stderr[2]
     assert sorted(p.name for p in (run.run_dir / CHECKPOINTS_DIR).iterdir()) == [
         checkpoint_dir(".", s).name for s in (2, 4, 6)]  # no universal folder left, the originals kept
+    for step in (2, 4):  # the checkpoints resumed from were only read: each still matches its manifest
+        assert damaged_files(checkpoint_dir(run.run_dir, step)) == []
     weights = load_file(str(run.run_dir / "model.safetensors"))
     assert all(torch.isfinite(w).all() for w in weights.values())
 
@@ -263,3 +268,16 @@ def test_stage2_resumes_on_one_process_with_contrastive_accumulation(fmnist_shar
     assert [r["step"] for r in records] == [1, 2, 3]
     assert all(r["loss"] == r["loss"] and r["bad_steps"] == 0 for r in records)  # finite, nothing skipped
     assert "resumed on 1 processes from 2" in resumed.stderr
+
+
+def test_a_checkpoint_deepspeed_cannot_convert_is_one_line_and_leaves_no_folder(tmp_path, monkeypatch):
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    checkpoint = checkpoint_dir(tmp_path / "run", 2)
+    (checkpoint / "pytorch_model").mkdir(parents=True)  # DeepSpeed's folder without a ZeRO shard in it
+    main_process = SimpleNamespace(is_main_process=True)
+    with pytest.raises(CheckpointError, match=r"step_00000002: DeepSpeed could not convert it to a universal "
+                       r"checkpoint \(FileNotFoundError: can't find \*_optim_states.pt files") as err:
+        agreed_conversion(main_process, checkpoint, universal_dir(tmp_path / "run", checkpoint), 60.0)
+    assert "\n" not in str(err.value)
+    assert [p.name for p in checkpoint.parent.iterdir()] == [checkpoint.name]

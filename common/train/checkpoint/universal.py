@@ -57,19 +57,11 @@ def reseed_for_new_world(seed: int, step: int, rank: int) -> None:
     set_seed(((seed * 1_000_003 + step) * 1_009 + rank) % 2**32)
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[io.StringIO]:
-    """The converter prints its progress and draws tqdm bars (on stderr): into a buffer, logged at debug."""
-    buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
-        yield buffer
-
-
 def convert(checkpoint: Path, out: Path) -> None:
     """DeepSpeed's `ds_to_universal` of `checkpoint` into `out` (via `out.tmp`, renamed when complete)."""
     from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
     tmp = out.with_name(out.name + ".tmp")
-    for leftover in (tmp, out):
+    for leftover in out.parent.glob("*.universal*"):  # of a run that stopped while converting or loading
         shutil.rmtree(leftover, ignore_errors=True)
     tmp.mkdir(parents=True)
     source = deepspeed_folder(checkpoint)
@@ -78,9 +70,15 @@ def convert(checkpoint: Path, out: Path) -> None:
     args = argparse.Namespace(input_folder=str(source), output_folder=str(tmp / source.name),
                               num_extract_workers=1, num_merge_workers=1, keep_temp_folder=False, strict=True,
                               inject_missing_state=True)
-    with _quiet() as printed:
-        ds_to_universal(args)
-    log.debug("ds_to_universal: %s", printed.getvalue())
+    printed = io.StringIO()  # the converter's progress lines and tqdm bars: logged at debug
+    try:
+        with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+            ds_to_universal(args)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        log.debug("ds_to_universal: %s", printed.getvalue())
     tmp.rename(out)
 
 
