@@ -8,6 +8,8 @@ typed readers for the run-level records.
         <accelerate's / DeepSpeed's files>  model, optimizer, RNG states
         weights/                      the task's weights files, as at the run's top level
         engine_state.json             written last: a folder without it is never resumed from   EngineState
+    RUN/checkpoints/step_XXXXXXXX.universal/   DeepSpeed's universal form of a checkpoint, made to resume it
+                                      on another number of processes; removed once loaded       universal_dir
     RUN/.weights.tmp/                 the next top-level weights, until completely written
     RUN/student_trunk.safetensors     stage 1: the timm trunk                      (common.weights.formats)
     RUN/model.safetensors             stage 2: the CLIP in open_clip's key layout  (common.weights.formats)
@@ -146,6 +148,12 @@ def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
 def checkpoint_weights_dir(checkpoint: str | Path) -> Path:
     """Where a checkpoint holds the task's weights files."""
     return Path(checkpoint) / CHECKPOINT_WEIGHTS_DIR
+
+
+def universal_dir(run_dir: str | Path, checkpoint: str | Path) -> Path:
+    """Where `checkpoint` is converted to DeepSpeed's universal checkpoint (to be resumed on another number of
+    processes by the run in `run_dir`): beside the run's own checkpoints, never a `step_X` name."""
+    return Path(run_dir) / CHECKPOINTS_DIR / f"{Path(checkpoint).name}.universal"
 
 
 def complete_checkpoints(run_dir: str | Path) -> list[Path]:

@@ -79,7 +79,7 @@ def _build_on(accelerator: Any, config: Any, make: TaskFactory, resume: str | No
     train, optim = config.train, config.optim
     context = run_context(accelerator, train)
     validate_run(config, context)  # the disk, registries, machine and run checks: ConfigError before any model
-    checkpoints = CheckpointStore(accelerator, Path(train.output_dir), train, context.deepspeed)
+    checkpoints = CheckpointStore(accelerator, Path(train.output_dir), train, context)
     schedule = schedule_of(train, context)
     resume_from = checkpoints.find_resume(resume, schedule)
     if context.is_main:

@@ -5,6 +5,7 @@
     write.py     the write across ranks when writes can fail; seal + rename + rotation; top-level weights
     manifest.py  size and sha256 of every file, recorded at sealing, checked before a resume
     remote.py    the copy on `train.remote_dir` (any fsspec URL) and the restore from it
+    universal.py a resume on another number of processes: DeepSpeed's universal checkpoint (ZeRO), RNG seeds
 
 Folder and file names come from the run folder's map (`common.artifacts`).
 """
