@@ -33,7 +33,7 @@ from common.train.source_draws import SourceDraws
 from common.train.spike_guard import LossSpikeError, Spike, SpikeGuard
 from common.train.step_guard import OK, NonFiniteError, StepOutcomes, gated_step, poison_non_finite, step_status
 from common.train.task import TaskFactory
-from common.train.telemetry import Telemetry, peak_flops
+from common.train.telemetry import Telemetry, peak_flops, progress_fields
 
 __all__ = ["LossSpikeError", "NonFiniteError", "StepResult", "Trainer", "data_seed", "train"]
 
@@ -380,16 +380,6 @@ class Trainer:
         shutdown(self.accelerator, self.model, wait_for_peers=not self.peers_lost)
         del self.model, self.run
         gc.collect()
-
-
-def progress_fields(record: dict[str, Any]) -> dict[str, str]:
-    """The progress bar's postfix: loss, samples/s, data-wait share and MFU when the record has them."""
-    fields = {"loss": f"{record['loss']:.4f}", "samples/s": f"{record['samples_per_s']:.1f}"}
-    if "data_wait_share" in record:
-        fields["data_wait"] = f"{100 * record['data_wait_share']:.0f}%"
-    if "mfu" in record:
-        fields["mfu"] = f"{record['mfu']:.2f}"
-    return fields
 
 
 def train(config: Any, make_task: TaskFactory, resume: str | None = None) -> Path:

@@ -154,3 +154,13 @@ class Telemetry:
                         100 * share, self.judged_steps, 100 * self.warn_share, workers)
         self.judged_wait = self.judged_wall = 0.0
         self.judged_steps = 0
+
+
+def progress_fields(record: dict[str, Any]) -> dict[str, str]:
+    """The progress bar's postfix: loss, samples/s, data-wait share and MFU when the record has them."""
+    fields = {"loss": f"{record['loss']:.4f}", "samples/s": f"{record['samples_per_s']:.1f}"}
+    if "data_wait_share" in record:
+        fields["data_wait"] = f"{100 * record['data_wait_share']:.0f}%"
+    if "mfu" in record:
+        fields["mfu"] = f"{record['mfu']:.2f}"
+    return fields

@@ -20,8 +20,12 @@ from common.config.sections import TrainConfig
 from common.errors import CheckpointError
 from common.run_context import RunContext
 from common.train.checkpoint import universal
-from common.train.checkpoint.resume import (agreed_resume, check_same_schedule, pickle_globals,
-                                            require_tensors_only_checkpoint)
+from common.train.checkpoint.resume import (
+    agreed_resume,
+    check_same_schedule,
+    pickle_globals,
+    require_tensors_only_checkpoint,
+)
 from common.train.checkpoint.write import CheckpointWrite, finalize, publish_weights, temp_path
 
 log = logging.getLogger("evaclip")

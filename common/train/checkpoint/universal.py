@@ -124,6 +124,7 @@ def restore_param_groups(accelerator: Any, out: Path, allowed: list[Any]) -> Non
     differ would go on with group 0's weight decay everywhere; ZeRO-1/2's loader sets them group by group,
     as this does. The values are the converter's copy of the checkpoint's (`zero/optimizer_state.pt`)."""
     from deepspeed.checkpoint.constants import PARAM_GROUPS
+
     from common.weights.safe_load import torch_load_tensors_only
     saved = torch_load_tensors_only(deepspeed_folder(out) / "zero" / "optimizer_state.pt", allowed)[PARAM_GROUPS]
     for engine in accelerator._models:
