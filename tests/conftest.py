@@ -51,7 +51,7 @@ def write_img2dataset_shards(out: Path, images: "np.ndarray", captions: list[str
 
     from PIL import Image
 
-    from tests.run_records import write_tar
+    from tests.support.run_records import write_tar
     out.mkdir(parents=True)
     for shard, start in enumerate(range(0, len(captions), per_shard)):
         members, count = [], min(per_shard, len(captions) - start)
@@ -89,7 +89,7 @@ def uninterrupted_linear_run(tmp_path_factory):
     per session): what every fault-and-resume test of that run must reproduce bit for bit."""
     import subprocess
 
-    from tests.launch import LINEAR_RUN, ROOT, linear_run, subprocess_env
+    from tests.support.launch import LINEAR_RUN, ROOT, linear_run, subprocess_env
     made: dict[int, Path] = {}
 
     def get(nproc: int) -> Path:
