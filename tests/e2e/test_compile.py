@@ -1,6 +1,5 @@
-"""`train.compile` (common/train/compile.py): what is compiled, in place, under each mode; and a compiled
-run trains, checkpoints, resumes, exports and `--init`s exactly like an eager one (both stages on the tiny
-test models, in process through the CLI: slow).
+"""`train.compile` (common/train/compile.py): a compiled run trains, checkpoints, resumes, exports and `--init`s
+exactly like an eager one (both stages on the tiny test models, in process through the CLI).
 
 Backend: torch.compile's `aot_eager` (dynamo's graph capture + AOT autograd, the parts that decide what a
 compiled step computes; no code generation). Inductor's code generation takes minutes to warm up on two
@@ -15,52 +14,20 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from torch import nn
 
 from common.artifacts import TRUNK_FILE, checkpoint_dir, complete_checkpoints
-from common.errors import ConfigError
 from common.export import export_open_clip
-from common.train.compile import compile_in_place, repeated_blocks
 from stage1_mim.train import main as stage1_main
 from stage2_contrastive.train import main as stage2_main
-from tests.conftest import TINY_STAGE2
 from tests.support.run_records import assert_resumed_exactly, loss_records, start_records
-from tests.e2e.test_stage1_train import stage1_args
+from tests.support.tiny import TINY_STAGE2, stage1_args
+
+pytestmark = pytest.mark.slow
 
 STEPS = 3
 COMPILED = ("train.compile=blocks", "train.compile_backend=aot_eager")
 # the tiny Eva has 12 blocks, the tiny text tower 2: each compiled, all sharing one graph per class
 STAGE2_BLOCKS = 12 + 2
-
-
-def tiny_clip() -> nn.Module:
-    from stage2_contrastive.config import ModelConfig, TextConfig
-    from stage2_contrastive.model import build_clip
-    from stage2_contrastive.objective import Objective
-    cfg = ModelConfig(embed_dim=32, text=TextConfig(context_length=16, width=32, heads=2, layers=2))
-    return build_clip(cfg, Objective.from_config("softmax", cfg, 8), 28)
-
-
-def test_blocks_are_the_eva_blocks_and_the_text_blocks():
-    model = tiny_clip()
-    blocks = repeated_blocks(model)
-    assert blocks == [*model.visual.trunk.blocks, *model.text.transformer.resblocks]
-    assert len(blocks) == STAGE2_BLOCKS
-
-
-@pytest.mark.parametrize("mode, compiled", [("none", 0), ("model", 1), ("blocks", STAGE2_BLOCKS)])
-def test_compiling_in_place_keeps_the_module_and_its_names(mode, compiled):
-    model = tiny_clip()
-    names, kind = list(model.state_dict()), type(model)
-    assert compile_in_place(model, mode, backend="aot_eager") == compiled
-    assert type(model) is kind and list(model.state_dict()) == names  # no `_orig_mod.`
-    targets = [model] if mode == "model" else repeated_blocks(model) if mode == "blocks" else []
-    assert all(m._compiled_call_impl is not None for m in targets)  # compiled on first call
-
-
-def test_blocks_on_a_model_without_repeated_blocks_names_the_fix():
-    with pytest.raises(ConfigError, match="no repeated blocks .* use train.compile=model"):
-        compile_in_place(nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2)), "blocks")
 
 
 def stage2_run(out: Path, fmnist_shards: Path, *extra: str, resume: str = "") -> Path:
@@ -84,7 +51,6 @@ def stage2_runs(fmnist_shards, tmp_path_factory) -> dict[str, Path]:
     return runs
 
 
-@pytest.mark.slow
 def test_compiled_stage2_really_compiles_and_equals_eager(stage2_runs):
     start = start_records(stage2_runs["compiled"])[0]
     assert (start["compile"], start["compiled_modules"]) == ("blocks", STAGE2_BLOCKS)
@@ -94,7 +60,6 @@ def test_compiled_stage2_really_compiles_and_equals_eager(stage2_runs):
         assert [r[name] for r in compiled] == pytest.approx([r[name] for r in eager], rel=1e-5), name
 
 
-@pytest.mark.slow
 def test_compiled_checkpoints_and_weights_keep_the_eager_names(stage2_runs):
     checkpoint = f"checkpoints/{checkpoint_dir('.', STEPS).name}"
     for file in ("model.safetensors", f"{checkpoint}/weights/model.safetensors", f"{checkpoint}/model.safetensors"):
@@ -104,7 +69,6 @@ def test_compiled_checkpoints_and_weights_keep_the_eager_names(stage2_runs):
             torch.testing.assert_close(compiled[key], value, rtol=1e-4, atol=1e-5, msg=key)
 
 
-@pytest.mark.slow
 def test_compiled_run_resumes_exactly(stage2_runs, fmnist_shards, tmp_path):
     full = stage2_runs["compiled"]
     resumed = tmp_path / "resumed"
@@ -114,7 +78,6 @@ def test_compiled_run_resumes_exactly(stage2_runs, fmnist_shards, tmp_path):
     assert_resumed_exactly(resumed, full, from_step=2)
 
 
-@pytest.mark.slow
 def test_compiled_stage1_equals_eager_and_its_trunk_inits_stage2(stage2_runs, fmnist_shards, tmp_path, caplog):
     teacher = export_open_clip(stage2_runs["compiled"], tmp_path / "teacher")  # the export of a compiled run
     runs = {}

@@ -1,8 +1,8 @@
 """Stage 1 reproduces itself: two runs of the same command and seed log identical losses, whatever
 PYTHONHASHSEED the interpreter drew (the demo does not pin it) and with a loader worker; and a run
 SIGKILLed mid-training resumes (`--resume auto`) to the losses and student trunk of one never stopped.
-(torch seeds its global RNG at random at start-up: a model built before the engine's seed differed run
-to run, which is what made stage 1 irreproducible before the student moved into `MimTask.build_model`.)"""
+(torch seeds its global RNG at random at start-up: a model built before the engine's seed would differ run
+to run; the student is built in `MimTask.build_model`, after it.)"""
 from __future__ import annotations
 
 import signal
@@ -14,11 +14,10 @@ from pathlib import Path
 import pytest
 
 from common.artifacts import TRUNK_FILE, complete_checkpoints
-from tests.support.launch import ROOT, subprocess_env
+from tests.support.launch import ROOT, kill_when_logged, subprocess_env
 from tests.support.run_records import assert_resumed_exactly, losses
-from tests.multiprocess.test_sigkill_resume import kill_when_logged
-from tests.e2e.test_stage1_train import stage1_args
-from tests.stage1_mim.test_teacher import save_native_vit_folder
+from tests.support.teachers import save_native_vit_folder
+from tests.support.tiny import stage1_args
 
 pytestmark = pytest.mark.slow
 STEPS = ["train.steps=8", "train.save_every=3", "probe=false", "data.num_workers=1"]

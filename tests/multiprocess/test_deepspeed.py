@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 
 from common.artifacts import complete_checkpoints
 from common.errors import UnsafeFileError
-from tests.conftest import TINY_STAGE2
+from tests.support.tiny import TINY_STAGE2
 from tests.support.launch import ROOT, subprocess_env, torchrun
 from tests.support.run_records import loss_records, losses, start_records
 
@@ -202,7 +202,7 @@ def test_zero3_offload_with_contrastive_accumulation_trains_like_the_plain_run(p
 def test_zero_checkpoints_pass_the_tensors_only_check_and_a_poisoned_one_is_refused(zero_run, stage, tmp_path):
     # DeepSpeed's load_checkpoint unpickles its files with weights_only=False: the engine checks them first
     from common.train.checkpoint.resume import require_tensors_only_checkpoint
-    from tests.common.weights.test_safe_load import poison
+    from tests.support.payloads import poison
     checkpoint = complete_checkpoints(zero_run(stage))[-1]
     require_tensors_only_checkpoint(checkpoint, deepspeed=True)  # its enums, counters and loss scaler pass
     copy = tmp_path / "run" / "checkpoints" / checkpoint.name

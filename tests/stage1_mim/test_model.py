@@ -1,4 +1,5 @@
-"""Stage-1 student: shapes, mask-token insertion, faithfulness to timm's forward, state-dict names."""
+"""stage1_mim/model.py, the stage-1 student: shapes, mask-token insertion, faithfulness to timm's forward,
+state-dict names."""
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -14,6 +15,7 @@ from common.vision.trunk import create_eva_trunk
 from stage1_mim.config import Stage1Config, StudentConfig
 from stage1_mim.model import MaskedEvaStudent
 from stage1_mim.task import MimTask
+from tests.support.models import block_runs_in_forward_backward
 
 MODEL, IMG, TARGET_DIM = "eva02_tiny_patch14_224", 56, 24  # 4x4 grid of 14-px patches
 
@@ -65,21 +67,6 @@ def test_unmasked_forward_equals_timm_forward_features_through_head(student):
     with torch.no_grad():
         features = student.trunk.forward_features(images)[:, student.trunk.num_prefix_tokens:]
         torch.testing.assert_close(student(images, None), student.head(features), rtol=0, atol=0)
-
-
-def block_runs_in_forward_backward(student: MaskedEvaStudent, images: torch.Tensor, mask: torch.Tensor) -> int:
-    """How often the first trunk block starts in one training forward + backward of `student` on images
-    [B,3,H,W] / mask [B,N]: 1, or 2 when activation checkpointing recomputes it during backward (counted by a
-    pre-hook: the recompute stops early and never returns). Leaves no gradients behind."""
-    runs: list[int] = []
-    handle = student.trunk.blocks[0].register_forward_pre_hook(lambda *_: runs.append(1))
-    try:
-        student.train()
-        student(images, mask).square().mean().backward()
-    finally:
-        handle.remove()
-        student.zero_grad(set_to_none=True)
-    return len(runs)
 
 
 def test_grad_checkpointing_recomputes_blocks_with_same_outputs_and_grads():

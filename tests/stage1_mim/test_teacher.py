@@ -1,54 +1,30 @@
-"""The frozen stage-1 teacher, value for value: its targets against a direct computation written here from
-the tower's parts — student→teacher normalisation (de-normalise, re-normalise), bicubic resize to the
-teacher's size, patch tokens after the final norm and the projection, bilinear resize to the student's
-grid — for open_clip's native `VisionTransformer` (loaded from a `local-dir:` folder, as a user's own
-CLIP would be) and for a timm tower (this project's CLIP); and that it stays frozen."""
+"""stage1_mim/teacher.py, the frozen stage-1 teacher, value for value: its targets against a direct computation
+from the tower's parts (tests/support/teachers.py) for open_clip's native `VisionTransformer` (loaded from a
+`local-dir:` folder, as a user's own CLIP would be), for a timm tower (this project's CLIP) and for this
+project's own stage-2 export; it stays frozen; weights of another config are a one-line error."""
 from __future__ import annotations
-
-import json
-from pathlib import Path
-from typing import Sequence
 
 import open_clip
 import pytest
 import torch
-import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
-from torch import nn
+from safetensors.torch import load_file
 
 from stage1_mim.teacher import FrozenTeacher, build_teacher
+from stage1_mim.train import main as stage1_main
 from stage2_contrastive.config import ModelConfig, TextConfig
 from stage2_contrastive.model import build_clip
 from stage2_contrastive.objective import Objective
-
-Norm = tuple[Sequence[float], Sequence[float]]
-TEACHER_SIZE, PATCH, EMBED_DIM = 28, 14, 16  # teacher: 2x2 patches of 14 px
-STUDENT_SIZE, STUDENT_GRID = 56, (4, 4)
-STUDENT_NORM: Norm = ((0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
-TEACHER_NORM: Norm = (open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD)
-NATIVE_VIT_CFG = {  # open_clip `CLIP` model_cfg: a 1-layer ViT at 28 px, projection 32 -> 16
-    "embed_dim": EMBED_DIM,
-    "vision_cfg": {"image_size": TEACHER_SIZE, "patch_size": PATCH, "width": 32, "layers": 1, "head_width": 16,
-                   "mlp_ratio": 2.0},
-    "text_cfg": {"context_length": 8, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
-
-
-def save_native_vit_folder(folder: Path) -> dict[str, torch.Tensor]:
-    """A randomly initialised native open_clip ViT CLIP saved as a `local-dir:` folder
-    (`open_clip_config.json` with TEACHER_NORM as its preprocessing + `open_clip_model.safetensors`)."""
-    torch.manual_seed(0)
-    clip = open_clip.CLIP(**NATIVE_VIT_CFG)
-    with torch.no_grad():  # non-trivial final norm, so a target that skipped it would differ
-        clip.visual.ln_post.weight.uniform_(0.5, 1.5)
-        clip.visual.ln_post.bias.normal_(0, 0.5)
-    state = {k: v.contiguous() for k, v in clip.state_dict().items()}
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(folder / "open_clip_model.safetensors"))
-    preprocess = {"size": TEACHER_SIZE, "mean": list(TEACHER_NORM[0]), "std": list(TEACHER_NORM[1])}
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": NATIVE_VIT_CFG,
-                                                               "preprocess_cfg": preprocess}))
-    return state
+from tests.support.teachers import (
+    EMBED_DIM,
+    STUDENT_GRID,
+    STUDENT_NORM,
+    STUDENT_SIZE,
+    TEACHER_NORM,
+    TEACHER_SIZE,
+    reference_targets,
+    save_native_vit_folder,
+)
+from tests.support.tiny import stage1_args
 
 
 @pytest.fixture(scope="module")
@@ -70,33 +46,6 @@ def timm_tower_teacher() -> FrozenTeacher:
         clip.visual.trunk.fc_norm.weight.uniform_(0.5, 1.5)
         clip.visual.trunk.fc_norm.bias.normal_(0, 0.5)
     return FrozenTeacher(clip, None, STUDENT_GRID, STUDENT_NORM, TEACHER_NORM)
-
-
-def reference_tokens(visual: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Teacher-normalised images [B,3,T,T] → projected patch tokens [B, (T/patch)², D], from the tower's parts."""
-    if hasattr(visual, "trunk"):  # timm tower: features, the pooled path's norm per token, the projection head
-        trunk = visual.trunk
-        tokens = trunk.forward_features(images)[:, trunk.num_prefix_tokens:]
-        return visual.head(trunk.fc_norm(tokens))
-    x = visual.conv1(images).flatten(2).transpose(1, 2)  # [B, h*w, width]
-    cls = visual.class_embedding.view(1, 1, -1).expand(x.shape[0], 1, -1)
-    x = visual.ln_pre(torch.cat([cls, x], dim=1) + visual.positional_embedding)
-    x = visual.ln_post(visual.transformer(x))
-    return x[:, 1:] @ visual.proj  # drop the class token; project into the joint space
-
-
-def reference_targets(visual: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Student-normalised images [B,3,S,S] → targets [B, 16, D] on the student's 4x4 grid."""
-    (mean_s, std_s), (mean_t, std_t) = [(torch.tensor(m).view(1, 3, 1, 1), torch.tensor(s).view(1, 3, 1, 1))
-                                        for m, s in (STUDENT_NORM, TEACHER_NORM)]
-    pixels = images * std_s + mean_s
-    x = F.interpolate((pixels - mean_t) / std_t, size=(TEACHER_SIZE, TEACHER_SIZE), mode="bicubic",
-                      align_corners=False)
-    tokens = reference_tokens(visual, x)
-    side = TEACHER_SIZE // PATCH
-    grid = tokens.reshape(tokens.shape[0], side, side, -1).permute(0, 3, 1, 2)  # [B, D, 2, 2]
-    grid = F.interpolate(grid, size=STUDENT_GRID, mode="bilinear", align_corners=False)
-    return grid.flatten(2).transpose(1, 2)
 
 
 @pytest.mark.parametrize("kind", ["native_vit", "timm_tower"])
@@ -126,3 +75,21 @@ def test_teacher_is_frozen_and_stays_in_eval_mode(native_vit_teacher):
     assert not any(p.requires_grad for p in native_vit_teacher.parameters())
     images = torch.randn(1, 3, STUDENT_SIZE, STUDENT_SIZE, requires_grad=True)
     assert not native_vit_teacher.patch_targets(images).requires_grad
+
+
+def test_exported_teacher_targets_equal_direct_computation(teacher_export):
+    # the teacher was trained at 28 px (2x2 grid, OpenAI normalisation); a 56 px student has a 4x4 grid
+    teacher = build_teacher(f"local-dir:{teacher_export}", "", STUDENT_GRID, STUDENT_NORM)
+    images = torch.randn(2, 3, 56, 56, generator=torch.Generator().manual_seed(0))
+    targets = teacher.patch_targets(images)
+    assert targets.shape == (2, 16, teacher.embed_dim) and targets.dtype == torch.float32
+    with torch.no_grad():
+        torch.testing.assert_close(targets, reference_targets(teacher.clip.visual, images), rtol=1e-5, atol=1e-5)
+
+
+def test_teacher_weights_of_another_config_are_a_one_line_error(fmnist_shards, teacher_export, tmp_path, capsys):
+    weights = teacher_export / "open_clip_model.safetensors"  # a tiny model's weights for a ViT-B-32 config
+    args = stage1_args(fmnist_shards, tmp_path, teacher_export, "teacher.model=ViT-B-32", f"teacher.weights={weights}")
+    assert stage1_main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "do not match the open_clip config 'ViT-B-32'" in err and len(err.splitlines()) == 1

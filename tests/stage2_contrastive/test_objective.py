@@ -1,4 +1,6 @@
-"""ContrastiveLoss on one rank: loss and gradients equal naive references written from the formulas."""
+"""stage2_contrastive/objective.py, ContrastiveLoss on one rank: loss and gradients equal naive references written
+from the formulas; world size 1 through the worker the multi-rank tests use (tests/support/dist_loss.py; 2 and
+4 ranks: tests/multiprocess/test_contrastive_loss.py)."""
 from __future__ import annotations
 
 import math
@@ -8,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from stage2_contrastive.objective import ContrastiveLoss
+from tests.support import dist_loss
 
 BATCH, DIM, TOL = 8, 16, 1e-6
 
@@ -100,3 +103,9 @@ def test_bad_kind_and_bias_errors():
         ContrastiveLoss("sigmoid")(img, txt, scalar(10.0))
     with pytest.raises(ValueError, match="rank 2 is outside world_size 2"):
         ContrastiveLoss("softmax", rank=2, world_size=2)
+
+
+def test_world_size_one_runs_through_the_same_worker(tmp_path):
+    (one_rank,) = dist_loss.run_ranks(1, tmp_path)
+    for kind in dist_loss.KINDS:
+        dist_loss.assert_ranks_equal_one_process([one_rank[kind]], dist_loss.loss_and_grads(kind, 0, 1))

@@ -1,21 +1,16 @@
-"""Held-out evaluation on cases whose answers are known (tests/tasks/zeroshot_eval.py): zero-shot on 12
-classes, top-5 and R@10 that are not 1.0, repeated captions, distinct captions sharing a crc32, caption-only
-pairs without labels, the softmax and sigmoid losses over chunks of the split, and the same metrics from 2
-processes as from 1."""
+"""stage2_contrastive/zeroshot.py, held-out evaluation on cases whose answers are known
+(tests/support/tasks/zeroshot_eval.py): zero-shot on 12 classes, top-5 and R@10 that are not 1.0, repeated
+captions, distinct captions sharing a crc32, caption-only pairs without labels, the softmax and sigmoid losses
+over chunks of the split. (2 processes: tests/multiprocess/test_zeroshot.py.)"""
 from __future__ import annotations
 
-import json
-import math
-import subprocess
 import zlib
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from common.evaluation.topk import topk_accuracy
 from stage2_contrastive.zeroshot import RECALL_AT, caption_ids, retrieval_recall
-from tests.support.launch import ROOT, subprocess_env, torchrun
 from tests.support.tasks.zeroshot_eval import (
     CASES,
     CRC32_TWINS,
@@ -26,58 +21,8 @@ from tests.support.tasks.zeroshot_eval import (
     captions_case,
     evaluate_case,
     ranked_case,
+    reference_metrics,
 )
-
-
-def naive_loss(images: torch.Tensor, texts: torch.Tensor, kind: str) -> float:
-    """The contrastive loss of one chunk of pairs (rows of unit vectors) from its formula, element by element:
-    softmax ½·[mean_i −log softmax_j(t·x_i·y_j)_i + mean_j −log softmax_i(t·x_i·y_j)_j],
-    sigmoid −(1/B)·Σ_i Σ_j log σ(z_ij·(t·x_i·y_j + b)), z = +1 on the diagonal, −1 elsewhere."""
-    scale, bias = LOSSES[kind]
-    sims = (images @ texts.T).tolist()
-    n = len(sims)
-    if kind == "softmax":
-        def nll(i: int, row: list[float]) -> float:
-            return -scale * row[i] + math.log(sum(math.exp(scale * s) for s in row))
-        columns = [[sims[i][j] for i in range(n)] for j in range(n)]
-        return 0.5 * (sum(nll(i, sims[i]) for i in range(n)) + sum(nll(j, columns[j]) for j in range(n))) / n
-    return -sum(math.log(1 / (1 + math.exp(-(1 if i == j else -1) * (scale * sims[i][j] + bias))))
-                for i in range(n) for j in range(n)) / n
-
-
-def reference_metrics(case: EvalCase, kind: str = "softmax") -> dict[str, float]:
-    """What evaluate_clip must return, by brute force in float64 on the caption STRINGS (no ids):
-    zero-shot top-k (labelled cases): the label's rank among the classes (mean of each class's normalised
-    prompt vectors) is ≤ k; i2t R@k: an image's caption is among the k distinct captions nearest to it;
-    t2i R@k: for each distinct caption, an image carrying it is among the k images nearest to it; loss:
-    the mean of `naive_loss` over the full chunks of LOSS_CHUNK consecutive pairs (a remainder left out)."""
-    images = F.normalize(case.images.double(), dim=-1)
-    distinct = list(dict.fromkeys(case.captions))
-    texts = F.normalize(torch.stack([case.text_vectors[c] for c in distinct]).double(), dim=-1)
-
-    def recall(queries: torch.Tensor, query_captions: list[str], keys: torch.Tensor,
-               key_captions: list[str], k: int) -> float:
-        sims = (queries @ keys.T).tolist()
-        nearest = [sorted(range(len(key_captions)), key=lambda j: -row[j])[:k] for row in sims]
-        return sum(any(key_captions[j] == c for j in near) for near, c in zip(nearest, query_captions)) \
-            / len(query_captions)
-
-    metrics = {"n": len(case.captions)}
-    if case.classnames:
-        classifier = torch.stack([F.normalize(torch.stack([F.normalize(case.text_vectors[t(c)].double(), dim=0)
-                                                           for t in case.templates]).mean(0), dim=0)
-                                  for c in case.classnames])
-        label_ranks = [1 + int((row > row[y]).sum()) for row, y in zip(images @ classifier.T, case.labels.tolist())]
-        metrics.update(zeroshot_top1=sum(r <= 1 for r in label_ranks) / len(label_ranks),
-                       zeroshot_top5=sum(r <= 5 for r in label_ranks) / len(label_ranks))
-    pair_texts = F.normalize(torch.stack([case.text_vectors[c] for c in case.captions]).double(), dim=-1)
-    size = min(LOSS_CHUNK, len(case.captions))  # a split smaller than a chunk is one chunk
-    chunks = range(0, len(case.captions) - size + 1, size)
-    metrics["loss"] = sum(naive_loss(images[s:s + size], pair_texts[s:s + size], kind) for s in chunks) / len(chunks)
-    for k in RECALL_AT:
-        metrics[f"i2t_R@{k}"] = recall(images, case.captions, texts, distinct, k)
-        metrics[f"t2i_R@{k}"] = recall(texts, distinct, images, case.captions, k)
-    return metrics
 
 
 def single_process(case: EvalCase) -> dict[str, float]:
@@ -90,12 +35,6 @@ def assert_matches(metrics: dict[str, float], expected: dict[str, float]) -> Non
     assert metrics["loss"] == pytest.approx(expected["loss"], abs=1e-6)
     assert {k: v for k, v in metrics.items() if k != "loss"} == pytest.approx(
         {k: v for k, v in expected.items() if k != "loss"}, abs=1e-12)
-
-
-def test_topk_accuracy_counts_labels_ranked_within_k():
-    logits = torch.arange(12, 0, -1.0).expand(6, 12)  # in every row, class c ranks (c + 1)-th of 12
-    label_ranks = torch.tensor([1, 2, 5, 6, 10, 12])
-    assert topk_accuracy(logits, label_ranks - 1, (1, 5, 10)).tolist() == [1.0, 3.0, 5.0]
 
 
 def test_retrieval_recall_uses_caption_ids_as_positives():
@@ -179,20 +118,3 @@ def test_distinct_captions_with_equal_crc32_stay_distinct():
     assert metrics["i2t_R@1"] == 0.5 and metrics["t2i_R@1"] == 1.0
     assert metrics["zeroshot_top1"] == 0.5 and metrics["zeroshot_top5"] == 1.0
     assert_matches(metrics, reference_metrics(case))
-
-
-@pytest.mark.slow
-def test_two_process_eval_equals_one_process(tmp_path):
-    """torchrun, 2 gloo processes, each evaluating its uneven slice (14 / 12 rows of the random case) or
-    its round-robin share (caption-only case): the summed counts and the features, gathered and put back
-    in the split's order, give exactly the single-process metrics, losses included."""
-    proc = subprocess.run(torchrun(2, "tests.support.tasks.zeroshot_eval", str(tmp_path)), cwd=ROOT,
-                          env=subprocess_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    two = json.loads((tmp_path / "metrics_world2.json").read_text())
-    assert set(two) == {f"{name}/{loss}" for name in CASES for loss in LOSSES}
-    for name, make in CASES.items():
-        case = make()
-        assert case.round_robin or [len(case.rows(r, 2)) for r in range(2)] != [len(case.captions) / 2] * 2
-        for loss in LOSSES:
-            assert two[f"{name}/{loss}"] == pytest.approx(evaluate_case(case, loss=loss), abs=1e-12), name

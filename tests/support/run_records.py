@@ -2,10 +2,8 @@
 each training process logs) and its final weights — and the check every resume test makes with them."""
 from __future__ import annotations
 
-import io
-import tarfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from safetensors.torch import load_file
@@ -50,15 +48,6 @@ def assert_resumed_exactly(resumed: Path, reference: Path, from_step: int, world
     assert [r["step"] for r in loss_records(resumed)] == steps  # no step re-run or lost
     assert losses(resumed) == losses(reference)
     assert_same_weights(resumed, reference, weights_file)
-
-
-def write_tar(path: Path, members: Iterable[tuple[str, bytes]]) -> None:
-    """A webdataset shard holding `members` (file name, bytes) in order."""
-    with tarfile.open(path, "w") as tar:
-        for name, payload in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(payload)
-            tar.addfile(info, io.BytesIO(payload))
 
 
 def reseal(checkpoint: Path) -> None:

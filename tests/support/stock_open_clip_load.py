@@ -1,5 +1,5 @@
-"""Load exports with stock open_clip alone, as a user without evaclip would: run by tests/test_export_travels.py
-as `python -S tests/stock_open_clip_load.py SITE_PACKAGES JOB_DIR` from another working directory. `-S` skips
+"""Load exports with stock open_clip alone, as a user without evaclip would: run by tests/common/export/test_towers.py
+as `python -S tests/support/stock_open_clip_load.py SITE_PACKAGES JOB_DIR` from another working directory. `-S` skips
 the site hooks, so evaclip's editable install (a .pth hook) stays inert; SITE_PACKAGES gives open_clip, timm
 and transformers.
 

@@ -1,4 +1,6 @@
-"""Config loading: typed sections, overrides, and one-line errors that name the key and the fix."""
+"""common/config/schema.py, config loading: typed sections, `base:` files, overrides, lists of sections, the
+project's configs, a saved config that reads back as it was (through the run folder's config.yaml), and
+one-line errors that name the key and the fix."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -10,7 +12,6 @@ import yaml
 from common.artifacts import CONFIG_FILE, read_config, write_config
 from common.config.schema import load_config
 from common.errors import ConfigError
-from common.train.cli import parse_cli
 
 
 @dataclass
@@ -77,11 +78,6 @@ def test_saved_config_round_trips(tmp_path):
     write_config(tmp_path, cfg)
     assert yaml.safe_load((tmp_path / CONFIG_FILE).read_text())["train"]["betas"] == [0.5, 0.6]
     assert read_config(tmp_path, Outer) == cfg
-
-
-def test_cli_has_the_three_named_flags():
-    args = parse_cli(["--config", "a.yaml", "--init", "s1", "--resume", "auto", "x.y=1"], "d")
-    assert (args.config, args.init, args.resume, args.overrides) == ("a.yaml", "s1", "auto", ["x.y=1"])
 
 
 def test_project_configs_load():

@@ -1,6 +1,6 @@
-"""Evaluation sets beyond the training data: zero-shot sets named in `eval.zeroshot` (class names from a
-file, templates from a file), caption-only shards in img2dataset's layout that train and evaluate with no
-labels at all, and the one-line errors for sets that cannot be what the config says they are."""
+"""common/data/eval_sets.py (checked at start-up by common/data/run_data.py): a zero-shot set named in
+`eval.zeroshot` takes its class names and templates from files, and a set that cannot be what the config says
+is a one-line error, from the check and from the command before any model is built."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,18 +9,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common.artifacts import read_metrics
 from common.config.schema import load_config
 from common.data.run_data import check_run_data
-from common.data.shard_list import resolve_shards, shard_sizes
+from common.data.shard_list import resolve_shards
 from common.data.streams import make_eval_loader
 from common.errors import ConfigError
 from stage2_contrastive.config import Stage2Config
 from stage2_contrastive.task import ContrastiveTask
 from stage2_contrastive.train import main
-from tests.conftest import TINY_STAGE2, single_process_run
+from tests.support.tiny import STAGE2_CONFIG, TINY_STAGE2, single_process_run
 
-CONFIG = "configs/stage2/fmnist_tiny.yaml"
+CONFIG = STAGE2_CONFIG
+
 NAMES = [f"garment number {i}" for i in range(10)]  # not the set's own classnames.txt
 TEMPLATES = ["a picture of {c}.", "{c}, seen from above"]
 
@@ -64,49 +64,6 @@ def test_a_zero_shot_set_takes_its_class_names_and_templates_from_files(fmnist_s
     assert metrics["fm"] == pytest.approx(expected, abs=1e-9) and expected["n"] == 128
     own_names = (fmnist_shards / "classnames.txt").read_text().splitlines()
     assert expected != reference_zeroshot(task, clip, fmnist_shards / "test", own_names, TEMPLATES)  # it can tell
-
-
-@pytest.mark.parametrize("loss", ["softmax", "sigmoid"])
-@torch.no_grad()
-def test_the_held_out_loss_is_the_runs_own_loss_on_chunks_of_one_training_batch(fmnist_shards, loss):
-    """The model's own forward and the run's loss module on consecutive chunks of `train.batch_size` held-out
-    pairs (eval transform, first template), averaged: the eval's `loss`."""
-    cfg = load_config(Stage2Config, CONFIG, [*TINY_STAGE2, f"loss={loss}", "data.eval_max_samples=20",
-                                             f"data.train_shards={fmnist_shards / 'train'}",
-                                             f"data.eval_shards={fmnist_shards / 'test'}"])
-    task = ContrastiveTask(cfg, single_process_run(cfg.train.batch_size))
-    torch.manual_seed(0)
-    clip = task.build_model().eval()
-    rows = [r for b in task.data.eval_batches(task._eval_sample, final=False) for r in zip(b["image"], b["caption"])]
-    chunks = [rows[s:s + 8] for s in (0, 8)]  # 20 pairs: two full chunks of 8, the last 4 left out
-    values = []
-    for chunk in chunks:
-        out = clip(torch.stack([image for image, _ in chunk]), task.tokenizer([caption for _, caption in chunk]))
-        values.append(float(task.loss_fn(out["image_features"], out["text_features"], out["logit_scale"],
-                                         out.get("logit_bias"))))
-    assert task.evaluate(clip)["loss"] == pytest.approx(sum(values) / 2, abs=1e-5)
-
-
-@pytest.mark.slow
-def test_img2dataset_shards_train_and_evaluate_without_labels(caption_shards, fmnist_shards, tmp_path, capsys):
-    """img2dataset's output as it is (jpg + txt + json, parquet and stats files beside): stage 2 trains on
-    it and evaluates the held-out pairs by loss and retrieval, no zero-shot number for them; a labelled
-    zero-shot set beside them gets its own, and the final summary line names them all."""
-    urls = resolve_shards(str(caption_shards / "test"))
-    assert [Path(u).name for u in urls] == ["00000.tar", "00001.tar"] and shard_sizes(urls) == [16, 16]
-    args = ["--config", CONFIG, *TINY_STAGE2, f"data.train_shards={caption_shards / 'train'}",
-            f"data.eval_shards={caption_shards / 'test'}", f"train.output_dir={tmp_path / 'run'}", "train.steps=3",
-            zeroshot_item(fmnist_shards / "test")]
-    assert main(args) == 0
-    records = read_metrics(tmp_path / "run")
-    assert [r["skipped_samples"] for r in records if "loss" in r] == [0, 0, 0]
-    final = [r["eval"] for r in records if "eval" in r][-1]
-    assert set(final) == {"n", "loss", "fm", *(f"{d}_R@{k}" for d in ("i2t", "t2i") for k in (1, 5, 10))}
-    assert final["n"] == 32 and final["loss"] > 0 and 0 < final["i2t_R@10"] <= 1
-    assert set(final["fm"]) == {"zeroshot_top1", "zeroshot_top5", "n"}
-    assert final["fm"]["n"] == 128  # the whole set at the end
-    line = [out for out in capsys.readouterr().out.splitlines() if out.startswith("final eval")][-1]
-    assert all(f"{key}=" in line for key in ("n", "loss", "i2t_R@1", "t2i_R@10", "fm/zeroshot_top1", "fm/n")), line
 
 
 def check(cfg: Stage2Config) -> None:

@@ -9,6 +9,7 @@ import torch
 from open_clip import OPENAI_IMAGENET_TEMPLATES
 
 from common.config.sections import TemplateSetName
+from common.data.samples import PrivateRNG
 from common.data.templates import TEMPLATE_SETS, build_zeroshot_classifier, caption_of, get_templates, render
 
 CLASSES = ["t-shirt", "trouser", "sneaker", "bag"]
@@ -51,6 +52,16 @@ def test_caption_of_prefers_the_samples_own_caption_then_its_label():
     assert caption_of({"cls": 2}, CLASSES, templates, 0) == "a photo of a sneaker."
     with pytest.raises(ValueError, match="neither a caption"):
         caption_of({"key": "x"}, CLASSES, templates)
+
+
+def test_a_training_sample_with_several_captions_gets_one_drawn_by_the_streams_seed():
+    meta = {"captions": [f"caption {i}" for i in range(6)], "txt": "caption 0", "cls": None}
+
+    def draws(seed: int) -> list[str]:
+        with PrivateRNG(seed):
+            return [caption_of(meta, None, ()) for _ in range(12)]
+    assert draws(0) == draws(0) and draws(0) != draws(1) and len(set(draws(0))) > 2
+    assert caption_of(meta, None, (), index=0) == "caption 0"  # eval: the first caption
 
 
 def one_hot_encoder(texts: list[str]) -> torch.Tensor:

@@ -1,5 +1,6 @@
-"""Export verified by the real libraries: stock open_clip reloads our folder and gives the same
-embeddings and logits; its preprocess equals our eval transform; timm reloads the trunk."""
+"""common/export/open_clip_folder.py, verified by the real library: stock open_clip reloads our folder and gives
+the same embeddings and logits, its preprocess equals our eval transform; a folder that is no run, or damaged
+weights, is a one-line error."""
 from __future__ import annotations
 
 import gzip
@@ -8,48 +9,18 @@ import os
 import numpy as np
 import open_clip
 import pytest
-import timm
 import torch
 from PIL import Image
 
-from common.errors import NotARunError
-from common.weights.formats import ClipConfig, ClipInfo, write_clip, write_hf_text_files
 from common.config.sections import AugmentConfig
-from common.data.transforms import eval_transform, preprocess_cfg
-from common.export import export_open_clip, export_timm
-from stage2_contrastive.config import ModelConfig, TextConfig
-from stage2_contrastive.model import build_clip, build_tokenizer, open_clip_model_cfg
-from stage2_contrastive.objective import Objective
+from common.data.transforms import eval_transform
+from common.errors import NotARunError
+from common.export import export_open_clip
+from stage2_contrastive.model import build_tokenizer
+from tests.support.run_folders import IMAGE_SIZE, trained_like_run
 
-IMAGE_SIZE = 28
 DEVICE = os.environ.get("EVACLIP_TEST_DEVICE", "cpu")  # scripts/gpu_check.sh sets cuda
 TEXTS = ["a photo of a sneaker.", "a bag.", "an ankle boot on a white background"]
-
-
-def tiny_cfg() -> ModelConfig:
-    return ModelConfig(embed_dim=32, text=TextConfig(context_length=16, width=32, heads=2, layers=2))
-
-
-def trained_like_run(tmp_path, loss: str, cfg: ModelConfig | None = None, image_size: int = IMAGE_SIZE,
-                     name: str | None = None):
-    """A 'run folder' as stage 2 writes it (an HF text tower's files included), from a randomly
-    initialised model with perturbed scalars: (model, its config, the folder)."""
-    torch.manual_seed(0)
-    cfg = cfg or tiny_cfg()
-    objective = Objective.from_config(loss, cfg, 16)
-    model = build_clip(cfg, objective, image_size).eval()
-    with torch.no_grad():
-        model.logit_scale.fill_(2.0)
-        if model.logit_bias is not None:
-            model.logit_bias.fill_(-3.5)
-    run = tmp_path / (name or f"run_{loss}")
-    run.mkdir()
-    model_cfg = open_clip_model_cfg(cfg, objective, image_size)
-    write_clip(run, model.state_dict(), ClipConfig(model_cfg, preprocess_cfg(image_size, AugmentConfig()),
-                                                    ClipInfo(2, loss, cfg.vision_model, image_size)))
-    if cfg.text.hf_model:
-        write_hf_text_files(run, model_cfg["text_cfg"]["hf_model_name"], build_tokenizer(cfg))
-    return model, cfg, run
 
 
 @pytest.mark.parametrize("loss", ["softmax", "sigmoid"])
@@ -91,16 +62,6 @@ def test_open_clip_preprocess_equals_our_eval_transform(tmp_path):
     ours = eval_transform(IMAGE_SIZE, AugmentConfig())(image)
     assert ours.shape == (3, IMAGE_SIZE, IMAGE_SIZE)
     assert torch.equal(preprocess(image), ours)
-
-
-def test_timm_reloads_exported_trunk(tmp_path):
-    ours, cfg, run = trained_like_run(tmp_path, "softmax")
-    info = export_timm(run, tmp_path / "trunk.safetensors")
-    trunk = timm.create_model(info["model_name"], pretrained=False, checkpoint_path=info["file"],
-                              img_size=info["image_size"], num_classes=0).eval()
-    x = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE)
-    with torch.no_grad():
-        assert torch.allclose(trunk.forward_features(x), ours.visual.trunk.forward_features(x), atol=1e-6)
 
 
 def test_not_a_run_and_corrupt_weights_are_one_line_errors(tmp_path):

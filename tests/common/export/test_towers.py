@@ -1,10 +1,11 @@
-"""An export travels: exported, copied elsewhere, the original renamed away, then loaded by stock open_clip
-in a process where evaclip cannot be imported (`tests/stock_open_clip_load.py`, another working directory,
-no PYTHONPATH), it gives the run's own embeddings (max abs diff < 1e-5): at a registered image size and at
-a registered sibling's size as copied; at a size timm registers no name for, and with a Hugging Face text
-tower, after the one command `scripts/export_open_clip.py --relocate COPY` (before it: a one-line error
-naming that command); and from a hub cache snapshot of a `--hub-id` export, offline. One subprocess loads
-every case. Slow (~50 s on 2 cores under heavy load)."""
+"""common/export/towers.py, how an export names its towers, so that it travels: exported, copied elsewhere, the
+original renamed away, then loaded by stock open_clip in a process where evaclip cannot be imported
+(`tests/support/stock_open_clip_load.py`, another working directory, no PYTHONPATH), it gives the run's own
+embeddings (max abs diff < 1e-5): at a registered image size and at a registered sibling's size as copied; at
+a size timm registers no name for, and with a Hugging Face text tower, after the one command
+`scripts/export_open_clip.py --relocate COPY` (before it: a one-line error naming that command); and from a
+hub cache snapshot of a `--hub-id` export, offline. One subprocess loads every case (slow). A registered
+sibling is used only when it computes what the trained trunk does."""
 from __future__ import annotations
 
 import json
@@ -16,20 +17,21 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 from safetensors.torch import load_file, save_file
 
-from common.weights.formats import ClipConfig
-from common.export import export_open_clip
+from common.export import export_open_clip, towers
+from common.export.timm_trunk import clip_trunk_state
 from common.export.towers import path_named_towers
+from common.weights.formats import ClipConfig
 from scripts.export_open_clip import main as export_cli
 from stage2_contrastive.config import ModelConfig, TextConfig
 from stage2_contrastive.model import build_tokenizer
+from tests.support.hf_text import TEXTS
 from tests.support.launch import ROOT
-from tests.common.export.test_open_clip_folder import tiny_cfg, trained_like_run
-from tests.e2e.test_hf_text_tower import TEXTS, tiny_bert  # noqa: F401 - the fixture
+from tests.support.run_folders import tiny_cfg, trained_like_run
 
-pytestmark = pytest.mark.slow
 HUB_ID = "evaclip-test/tiny-hf-28"
 RELOCATED = ("native_28", "hf_28")           # timm registers no name at 28 px / an HF text tower
 AS_COPIED = ("native_224", "native_336")     # registered size / registered sibling (eva02_tiny_patch14_336)
@@ -60,7 +62,7 @@ def export_and_move(tmp: Path, name: str, cfg: ModelConfig, size: int, hub_id: s
 
 
 @pytest.fixture(scope="module")
-def travelled(tmp_path_factory, tiny_bert):  # noqa: F811
+def travelled(tmp_path_factory, tiny_bert):
     """Every case exported, moved and (where needed) relocated; one stock-open_clip subprocess loads them."""
     tmp = tmp_path_factory.mktemp("travel")
     (tmp / "runs").mkdir()
@@ -85,19 +87,21 @@ def travelled(tmp_path_factory, tiny_bert):  # noqa: F811
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(HF_HOME=str(tmp / "hf_home"), HF_HUB_CACHE=str(tmp / "hf_home" / "hub"), HF_HUB_OFFLINE="1",
                OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    cmd = [sys.executable, "-S", str(ROOT / "tests" / "support" / "stock_open_clip_load.py"), sysconfig.get_paths()["purelib"],
-           str(job)]
+    loader = ROOT / "tests" / "support" / "stock_open_clip_load.py"
+    cmd = [sys.executable, "-S", str(loader), sysconfig.get_paths()["purelib"], str(job)]
     proc = subprocess.run(cmd, cwd=elsewhere, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((job / "report.json").read_text())
     return made, images, load_file(str(job / "embeddings.safetensors")), report
 
 
+@pytest.mark.slow
 def test_the_loader_could_not_import_evaclip(travelled):
     _, _, _, report = travelled
     assert report["evaclip_importable"] == [] and report["evaclip_imported"] == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CASES)
 def test_moved_export_gives_the_runs_own_embeddings(travelled, name):
     made, images, theirs, report = travelled
@@ -114,12 +118,14 @@ def test_moved_export_gives_the_runs_own_embeddings(travelled, name):
     assert named == ([] if name in AS_COPIED else ["vision", "text"] if name.endswith("hf_28") else ["vision"])
 
 
+@pytest.mark.slow
 def test_registered_sizes_name_the_trunk_by_its_registered_name(travelled):
     made = travelled[0]
     names = {n: ClipConfig.read(made[n][2]).model_cfg["vision_cfg"]["timm_model_name"] for n in AS_COPIED}
     assert names == {"native_224": "eva02_tiny_patch14_224", "native_336": "eva02_tiny_patch14_336"}
 
 
+@pytest.mark.slow
 def test_hub_export_names_its_own_repo_and_nothing_on_this_disk(travelled):
     copy = travelled[0]["hub_hf_28"][2]
     config = (copy / "open_clip_config.json").read_text()
@@ -127,7 +133,21 @@ def test_hub_export_names_its_own_repo_and_nothing_on_this_disk(travelled):
     assert (copy / "config.json").is_file() and (copy / "open_clip_model.safetensors").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MOVED)
 def test_moved_export_not_relocated_fails_in_one_line_naming_the_command(travelled, name):
     error = travelled[3]["errors"][name]
     assert "export_open_clip.py--relocate" in error and "\n" not in error, error
+
+
+@pytest.mark.slow  # 4 forwards at 336 px: ~3 s
+def test_a_sibling_with_the_same_tensors_but_another_network_is_not_used(monkeypatch):
+    trunk = timm.create_model("eva02_tiny_patch14_224", img_size=336, num_classes=0)
+    state = trunk.state_dict()
+    assert towers.registered_trunk_name("eva02_tiny_patch14_224", 224, state) == "eva02_tiny_patch14_224"
+    assert towers.registered_trunk_name("eva02_tiny_patch14_224", 336, state) == "eva02_tiny_patch14_336"
+    # the trained trunk's rotary embedding referenced to another grid: same tensors, other features
+    other_rope = lambda name, size: timm.create_model(name, img_size=size, num_classes=0, ref_feat_shape=(20, 20))
+    monkeypatch.setattr(towers, "create_eva_trunk", other_rope)
+    assert towers.registered_trunk_name("eva02_tiny_patch14_224", 336, state) is None
+    assert torch.equal(clip_trunk_state({"visual.trunk.a": torch.ones(1), "text.b": torch.ones(1)})["a"], torch.ones(1))

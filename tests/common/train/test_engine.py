@@ -1,26 +1,41 @@
-"""The shared engine on a tiny regression task: it learns, checkpoints atomically, resumes exactly,
-guards against non-finite steps, and runs 2 real gloo processes."""
+"""common/train/engine.py, the ONE training loop, in this process:
+- on the tiny linear task (tests/support/tasks/linear_task.py): it learns, writes its run folder, and a run
+  resumed after a crash equals the uninterrupted one;
+- `train.grad_accum` (tests/support/tasks/stream_task.py, whose micro-batches partition the big batch): K
+  micro-batches of B and one optimizer step equal one step on a batch of K·B (same logged loss and gradient
+  norm every step, same final weights), and a skipped step discards its whole accumulation group;
+- no host-device sync in a step between log steps: on CPU, every Python-level read of a tensor's value is
+  counted per loop iteration of the real engine on the tiny stage-2 model (with and without contrastive
+  accumulation) and the tiny stage-1 student + frozen teacher (batches pre-built on the device, so the
+  loader's own CPU work is not counted); it must be 0 except at log steps. On CUDA: the same steps under
+  `torch.cuda.set_sync_debug_mode("error")`, which raises on any synchronising call.
+(2 gloo processes: tests/multiprocess/test_engine.py.)"""
 from __future__ import annotations
 
-import json
-import subprocess
+import os
+from itertools import cycle
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from common.artifacts import complete_checkpoints
-from common.errors import CheckpointError
-from common.train.engine import NonFiniteError
-from tests.support.launch import ROOT, subprocess_env, torchrun
+from common.artifacts import complete_checkpoints, read_metrics
+from common.config.schema import load_config
+from common.train.engine import Trainer, train
+from tests.support.host_reads import HostReadCounter
 from tests.support.run_records import assert_resumed_exactly, losses
 from tests.support.tasks.linear_task import Crash, run_linear
-
-run = run_linear
+from tests.support.tasks.stage2_step import global_batch, stage2_config
+from tests.support.tasks.stream_task import StreamConfig, StreamTask
+from tests.support.teachers import save_native_vit_folder
+from tests.support.tiny import stage1_args
 
 
 def test_engine_trains_and_writes_run_outputs(tmp_path):
-    records = run(tmp_path)
+    records = run_linear(tmp_path)
     curve = losses(tmp_path)
     assert curve[30] < 0.1 * curve[1], curve
     assert (tmp_path / "config.yaml").is_file() and (tmp_path / "model.safetensors").is_file()
@@ -29,58 +44,164 @@ def test_engine_trains_and_writes_run_outputs(tmp_path):
 
 
 def test_resume_after_crash_equals_uninterrupted_run(tmp_path):
-    full = run(tmp_path / "full", "train.save_every=10")
+    full = run_linear(tmp_path / "full", "train.save_every=10")
     with pytest.raises(Crash):
-        run(tmp_path / "crashed", "train.save_every=10", "crash_at_step=15")
+        run_linear(tmp_path / "crashed", "train.save_every=10", "crash_at_step=15")
     assert [p.name for p in complete_checkpoints(tmp_path / "crashed")] == ["step_00000010"]
-    run(tmp_path / "crashed", "train.save_every=10", resume="auto")
+    run_linear(tmp_path / "crashed", "train.save_every=10", resume="auto")
     # the second process began at step 10 (not 0), logged steps 11..30 once; losses and weights bit-identical
     assert_resumed_exactly(tmp_path / "crashed", tmp_path / "full", from_step=10)
     drawn = [r["batch_sum"] for r in full if "loss" in r]
     assert len(set(drawn)) == len(drawn) == 30  # the stream restarted at each checkpoint replays no batch
 
 
-def test_resume_under_another_schedule_or_from_nothing_names_the_fix(tmp_path):
-    run(tmp_path, "train.steps=4", "train.save_every=2")
-    with pytest.raises(CheckpointError, match="trained with steps=4, this run has steps=8 — set train.steps 4"):
-        run(tmp_path, "train.steps=8", resume="auto")
-    with pytest.raises(CheckpointError, match="samples_per_step=16, this run has samples_per_step=32"):
-        run(tmp_path, "train.steps=4", "train.batch_size=32", resume="auto")
-    with pytest.raises(CheckpointError, match="no complete checkpoint under"):
-        run(tmp_path / "empty", resume=str(tmp_path / "empty"))
+# ---- train.grad_accum ------------------------------------------------------------------------------
+ACCUM, MICRO_BATCH = 4, 4
 
 
-def test_keep_last_rotates_and_temp_folders_are_ignored(tmp_path):
-    run(tmp_path, "train.save_every=5", "train.keep_last=2")
-    assert [p.name for p in complete_checkpoints(tmp_path)] == ["step_00000025", "step_00000030"]
-    (tmp_path / "checkpoints" / "step_00000099.tmp").mkdir()
-    (tmp_path / "checkpoints" / "step_00000098").mkdir()  # no completion marker: half written
-    assert complete_checkpoints(tmp_path)[-1].name == "step_00000030"
+def run_stream(tmp_path, grad_accum: int, batch_size: int,
+               *overrides: str) -> tuple[list[dict], dict[str, torch.Tensor]]:
+    """(the step records of metrics.jsonl, the final weights) of a 4-step run."""
+    out = tmp_path / f"accum{grad_accum}_batch{batch_size}"
+    cfg = load_config(StreamConfig, None, [f"train.output_dir={out}", f"train.grad_accum={grad_accum}",
+                                           f"train.batch_size={batch_size}", *overrides])
+    train(cfg, lambda run: StreamTask(cfg, run))
+    return [r for r in read_metrics(out) if "loss" in r], load_file(str(out / "model.safetensors"))
 
 
-def test_non_finite_loss_is_skipped_and_counted(tmp_path):
-    records = run(tmp_path, "nan_at_steps=[3, 7]")
-    assert records[-2 if "eval" in records[-1] else -1]["bad_steps"] == 2
-    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records if "loss" in r and r["step"] not in (3, 7))
+def test_accumulated_micro_batches_equal_one_big_batch(tmp_path):
+    accumulated, accumulated_weights = run_stream(tmp_path, ACCUM, MICRO_BATCH)
+    big, big_weights = run_stream(tmp_path, 1, ACCUM * MICRO_BATCH)
+    assert [r["step"] for r in accumulated] == [r["step"] for r in big] == [1, 2, 3, 4]
+    for name in ("loss", "grad_norm"):  # grad_norm: scale-sensitive, unlike Adam's update
+        assert [r[name] for r in accumulated] == pytest.approx([r[name] for r in big], rel=1e-5), name
+    assert accumulated_weights.keys() == big_weights.keys()
+    for key, value in big_weights.items():
+        torch.testing.assert_close(accumulated_weights[key], value, rtol=1e-5, atol=1e-6)
 
 
-def test_non_finite_gradient_with_finite_loss_is_skipped(tmp_path):
-    records = run(tmp_path, "nan_grad_at_steps=[4]", "train.steps=8")
-    assert [r["bad_steps"] for r in records if "loss" in r] == [0, 0, 0, 1, 1, 1, 1, 1]
-    weights = load_file(str(tmp_path / "model.safetensors"))
-    assert all(torch.isfinite(w).all() for w in weights.values())
+@pytest.fixture(scope="module")
+def big_batch_run_skipping_step_2(tmp_path_factory) -> tuple[list[dict], dict[str, torch.Tensor]]:
+    return run_stream(tmp_path_factory.mktemp("big"), 1, ACCUM * MICRO_BATCH, "nan_at_calls=[2]")
 
 
-def test_consecutive_non_finite_steps_stop_the_run(tmp_path):
-    with pytest.raises(NonFiniteError, match="3 consecutive non-finite steps at step 6"):
-        run(tmp_path, "nan_at_steps=[4, 5, 6]", "train.max_bad_steps=3", "train.save_every=2")
+@pytest.mark.parametrize("nan_micro_batch", [pytest.param(1, marks=pytest.mark.slow), 3,
+                                             pytest.param(ACCUM, marks=pytest.mark.slow)])
+def test_a_skipped_step_discards_its_whole_accumulation_group(tmp_path, big_batch_run_skipping_step_2,
+                                                              nan_micro_batch):
+    """A NaN loss on micro-batch m (first, middle, last) of step 2 (of K = ACCUM) skips step 2 as a whole:
+    the run equals the big-batch run with step 2 skipped (same records, weights), so no micro-batch leaks
+    into step 3 and the stream and accelerate's accumulation counter stay in step."""
+    nan_call = ACCUM + nan_micro_batch  # micro-batches 1..K are step 1
+    accumulated, accumulated_weights = run_stream(tmp_path, ACCUM, MICRO_BATCH, f"nan_at_calls=[{nan_call}]")
+    big, big_weights = big_batch_run_skipping_step_2
+    assert [r["bad_steps"] for r in accumulated] == [r["bad_steps"] for r in big] == [0, 1, 1, 1]
+    for name in ("loss", "grad_norm"):
+        assert [r[name] for r in accumulated] == pytest.approx([r[name] for r in big], rel=1e-5, nan_ok=True)
+    for key, value in big_weights.items():
+        torch.testing.assert_close(accumulated_weights[key], value, rtol=1e-5, atol=1e-6)
+
+
+# ---- no host-device sync between log steps ---------------------------------------------------------
+LOG_EVERY, STEPS = 3, 7
+
+
+@pytest.fixture
+def shards(request) -> Path:
+    """train/ + test/ shards with classnames.txt: $EVACLIP_TEST_SHARDS (scripts/gpu_check.sh points it at
+    the set it builds, from Fashion-MNIST or synthetic images) or the session's Fashion-MNIST set."""
+    return Path(os.environ["EVACLIP_TEST_SHARDS"]) if "EVACLIP_TEST_SHARDS" in os.environ else \
+        request.getfixturevalue("fmnist_shards")
+
+
+def prebuilt_trainer(cfg: Any, make_task: Any, make_batch: Any, device: str, out: Path) -> Trainer:
+    """The engine on the real task `make_task(cfg, run)`, fed `make_batch(task)` on `device` for ever."""
+    cfg.train.output_dir, cfg.train.log_every, cfg.train.steps = str(out), LOG_EVERY, STEPS
+    cfg.data.eval_shards = ""  # no evaluation: the steps alone
+
+    def make(run: Any) -> Any:
+        task = make_task(cfg, run)
+        batch = {k: v.to(device) for k, v in make_batch(task).items()}
+        task.train_batches = lambda seed: cycle([batch])
+        return task
+    return Trainer.build(cfg, make)
+
+
+def stage2_trainer(shards: Path, device: str, out: Path) -> Trainer:
+    """The tiny stage-2 model: real task, model, contrastive loss, logit-scale clamp."""
+    from stage2_contrastive.task import ContrastiveTask
+    return prebuilt_trainer(stage2_config("softmax", str(shards), world_size=1), ContrastiveTask, global_batch,
+                            device, out)
+
+
+def stage2_accum_trainer(shards: Path, device: str, out: Path) -> Trainer:
+    """The tiny stage-2 model with contrastive accumulation K = 2 (cached features, re-forwarded passes)."""
+    from stage2_contrastive.task import ContrastiveTask
+    cfg = stage2_config("sigmoid", str(shards), world_size=1)
+    cfg.train.contrastive_accum = 2
+    return prebuilt_trainer(cfg, ContrastiveTask, global_batch, device, out)
+
+
+def stage1_trainer(shards: Path, device: str, out: Path) -> Trainer:
+    """The tiny stage-1 student against a frozen native-ViT teacher: real task, masking, cosine loss."""
+    from stage1_mim.config import Stage1Config
+    from stage1_mim.task import MimTask
+    save_native_vit_folder(out / "teacher")
+    args = stage1_args(shards, out, out / "teacher")
+    cfg = load_config(Stage1Config, args[1], args[2:])
+
+    def batch(task: MimTask) -> dict[str, torch.Tensor]:
+        masks = torch.stack([torch.from_numpy(task.masker(np.random.default_rng(i)).reshape(-1))
+                             for i in range(task.cfg.train.batch_size)])
+        size = task.cfg.data.image_size
+        return {"image": torch.randn(len(masks), 3, size, size, generator=torch.Generator().manual_seed(0)),
+                "mask": masks}
+    return prebuilt_trainer(cfg, MimTask, batch, device, out)
+
+
+TRAINERS = {"stage2": stage2_trainer, "stage2_contrastive_accum": stage2_accum_trainer, "stage1": stage1_trainer}
+
+
+def reads_per_step(trainer: Trainer, counter: HostReadCounter) -> list[int]:
+    """Tensor reads in each loop iteration of `fit` (iteration i: from step i's start to step i+1's)."""
+    marks: list[int] = []
+    train_step = trainer.step
+
+    def marked(batches: Any) -> Any:
+        marks.append(counter.calls)
+        return train_step(batches)
+    trainer.step = marked
+    trainer.fit()
+    return [b - a for a, b in zip(marks, marks[1:])]
+
+
+@pytest.mark.slow  # three tiny engines built and run 7 steps each
+@pytest.mark.parametrize("stage", list(TRAINERS))
+def test_no_tensor_reads_between_log_steps_on_cpu(shards, tmp_path, monkeypatch, stage):
+    trainer = TRAINERS[stage](shards, "cpu", tmp_path)
+    try:
+        reads = reads_per_step(trainer, HostReadCounter(monkeypatch))
+    finally:
+        trainer.close()
+    logged = [step % LOG_EVERY == 0 for step in range(1, STEPS)]
+    assert [n for n, log in zip(reads, logged) if not log] == [0] * logged.count(False), reads
+    assert all(n > 0 for n, log in zip(reads, logged) if log), reads  # the counter sees the log step's reads
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_really_run(tmp_path):
-    cmd = torchrun(2, "tests.support.tasks.linear_task", str(tmp_path), "train.steps=6")
-    proc = subprocess.run(cmd, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    seen = [json.loads((tmp_path / f"world_rank{r}.json").read_text()) for r in (0, 1)]
-    assert [s["world"] for s in seen] == [2, 2] and [s["dist"] for s in seen] == [2, 2]
-    assert len(losses(tmp_path)) == 6
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: torch.cuda.set_sync_debug_mode raises "
+                    "on host-device syncs of CUDA tensors only (scripts/gpu_check.sh runs this test on a GPU)")
+@pytest.mark.parametrize("stage", list(TRAINERS))
+def test_no_cuda_sync_between_log_steps(shards, tmp_path, stage):
+    trainer = TRAINERS[stage](shards, "cuda", tmp_path)
+    batches = trainer.batches()
+    try:
+        trainer.step(batches)  # warm-up: lazy initialisation may sync once
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for _ in range(LOG_EVERY - 1):
+                trainer.step(batches)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    finally:
+        trainer.close()

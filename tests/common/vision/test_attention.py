@@ -121,7 +121,7 @@ def test_xformers_missing_says_which_extra_to_install(model):
 
 def test_xformers_on_cpu_tensors_says_use_sdpa(monkeypatch):
     if not HAS_XFORMERS:  # the CPU check comes before the kernel: only the import is stubbed
-        monkeypatch.setattr(common.vision.attention, "_memory_efficient_attention", lambda: None)
+        monkeypatch.setattr(common.vision.attention, "xformers_kernel", lambda: None)
     model = tiny_eva()
     assert set_attention_backend(model, "xformers") == NUM_BLOCKS_TINY
     assert isinstance(model.blocks[0].attn, XformersEvaAttention)
@@ -160,7 +160,7 @@ def test_xformers_forward_mirrors_timm_with_a_reference_kernel(monkeypatch, vari
         calls.append(1)
         return reference_xformers_kernel(*args, **kwargs)
 
-    monkeypatch.setattr(common.vision.attention, "_memory_efficient_attention", lambda: None)
+    monkeypatch.setattr(common.vision.attention, "xformers_kernel", lambda: None)
     monkeypatch.setattr(common.vision.attention, "xformers_attention", counting_kernel)
     model = tiny_eva(**VARIANTS[variant])
     for block in model.blocks:
@@ -238,7 +238,7 @@ def test_sdpa_and_math_agree_on_cuda():
                                               (None, "xformers")])
 def test_auto_picks_xformers_only_where_its_kernels_load_and_says_which(monkeypatch, caplog, reason, expected):
     monkeypatch.setattr(common.vision.attention, "xformers_unavailable_reason", lambda: reason)
-    monkeypatch.setattr(common.vision.attention, "_memory_efficient_attention", lambda: None)  # the swap only
+    monkeypatch.setattr(common.vision.attention, "xformers_kernel", lambda: None)  # the swap only
     check_attention_backend("auto")  # never a config error: it falls back
     model = tiny_eva()
     with caplog.at_level(logging.INFO, logger="evaclip"):

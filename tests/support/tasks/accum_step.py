@@ -22,11 +22,12 @@ from common.config.schema import load_config
 from common.train.engine import Trainer
 from stage2_contrastive.config import Stage2Config
 from stage2_contrastive.task import ContrastiveTask
-from tests.conftest import TINY_STAGE2
+from tests.support.tiny import TINY_STAGE2
 from tests.support.launch import ROOT
 
 ACCUM, GROUP_BATCH = 4, 8  # K, and the per-rank contrastive batch K·B
 KINDS = ("softmax", "sigmoid")
+TOLERANCE = {"rtol": 1e-6, "atol": 1e-9}  # fp64: the two orders of summation agree to ~1e-14
 
 
 class Fp64ContrastiveTask(ContrastiveTask):
@@ -66,6 +67,17 @@ def first_step(kind: str, shard_dir: str, out_dir: str) -> dict[str, Any]:
     trainer.run.optimizer.step = lambda *a, **k: captured.update(gradients(model))
     loss, _, _ = trainer.step(iter(micro_batches))
     return {"accumulated": {"loss": loss.detach(), "grads": captured}, "big": big, "trainer": trainer}
+
+
+def assert_same_step(accumulated: dict, big: dict) -> None:
+    """An accumulated step's loss and gradients equal the one big batch's (TOLERANCE), and every trained
+    tensor got a gradient."""
+    torch.testing.assert_close(accumulated["loss"], big["loss"], **TOLERANCE)
+    assert set(accumulated["grads"]) == set(big["grads"])
+    assert all(g.abs().max() > 0 for g in big["grads"].values())  # every trained tensor gets a gradient
+    for name, grad in big["grads"].items():
+        torch.testing.assert_close(accumulated["grads"][name], grad, **TOLERANCE,
+                                   msg=lambda m, name=name: f"gradient of {name}: {m}")
 
 
 def main(out_dir: str, shard_dir: str) -> None:

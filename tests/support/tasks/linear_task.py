@@ -24,6 +24,9 @@ from common.config.sections import OptimConfig, TrainConfig
 from common.run_context import RunContext
 from common.train.optim import tower_param_groups
 
+# the checkpoint tests' run: 6 steps, checkpoints at 2, 4, 6, all kept
+CHECKPOINTED_RUN = ["train.steps=6", "train.save_every=2", "train.keep_last=3"]
+
 
 @dataclass
 class LinearConfig:

@@ -20,7 +20,7 @@ from common.config.schema import load_config
 from common.train.accelerator import make_accelerator, run_context
 from stage2_contrastive.config import Stage2Config
 from stage2_contrastive.task import ContrastiveTask
-from tests.conftest import TINY_STAGE2
+from tests.support.tiny import TINY_STAGE2
 from tests.support.launch import ROOT
 
 GLOBAL_BATCH = 8
@@ -28,7 +28,7 @@ KINDS = ("softmax", "sigmoid")
 
 
 def stage2_config(kind: str, shard_dir: str, world_size: int) -> Stage2Config:
-    """The tiny test model (tests/conftest.py) with the per-process batch that makes GLOBAL_BATCH."""
+    """The tiny test model (tests/support/tiny.py) with the per-process batch that makes GLOBAL_BATCH."""
     return load_config(Stage2Config, str(ROOT / "configs/stage2/fmnist_tiny.yaml"), [
         f"loss={kind}", f"data.train_shards={shard_dir}/train", f"data.eval_shards={shard_dir}/test",
         *TINY_STAGE2, f"train.batch_size={GLOBAL_BATCH // world_size}"])

@@ -6,18 +6,22 @@ sized slice of the rows (so `gather_rows` has to pad), in batches; the caption-o
 rows round-robin and tags them with their `index`, as the eval stream does (the gather must restore the
 split's order for the chunked loss). Every case is also scored with both contrastive losses.
 
+`reference_metrics` computes what `evaluate_clip` must return, by brute force on the caption strings.
+
 Run under torchrun, every rank evaluates its slice of every case and rank 0 writes the metrics:
 `python -m tests.support.tasks.zeroshot_eval OUT_DIR` → OUT_DIR/metrics_world{W}.json ({case/loss: metrics}).
 """
 from __future__ import annotations
 
 import json
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
+import torch.nn.functional as F
 
 NATO = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliett",
         "kilo", "lima"]
@@ -127,6 +131,58 @@ def evaluate_case(case: EvalCase, rank: int = 0, world_size: int = 1, loss: str 
                          LOSS_CHUNK)
     return evaluate_clip(lambda images: images, case.encode_text, case.batches(rank, world_size),
                          case.classnames, case.templates, loss=pair_loss)
+
+
+def naive_loss(images: torch.Tensor, texts: torch.Tensor, kind: str) -> float:
+    """The contrastive loss of one chunk of pairs (rows of unit vectors) from its formula, element by element:
+    softmax ½·[mean_i −log softmax_j(t·x_i·y_j)_i + mean_j −log softmax_i(t·x_i·y_j)_j],
+    sigmoid −(1/B)·Σ_i Σ_j log σ(z_ij·(t·x_i·y_j + b)), z = +1 on the diagonal, −1 elsewhere."""
+    scale, bias = LOSSES[kind]
+    sims = (images @ texts.T).tolist()
+    n = len(sims)
+    if kind == "softmax":
+        def nll(i: int, row: list[float]) -> float:
+            return -scale * row[i] + math.log(sum(math.exp(scale * s) for s in row))
+        columns = [[sims[i][j] for i in range(n)] for j in range(n)]
+        return 0.5 * (sum(nll(i, sims[i]) for i in range(n)) + sum(nll(j, columns[j]) for j in range(n))) / n
+    return -sum(math.log(1 / (1 + math.exp(-(1 if i == j else -1) * (scale * sims[i][j] + bias))))
+                for i in range(n) for j in range(n)) / n
+
+
+def reference_metrics(case: EvalCase, kind: str = "softmax") -> dict[str, float]:
+    """What evaluate_clip must return, by brute force in float64 on the caption STRINGS (no ids):
+    zero-shot top-k (labelled cases): the label's rank among the classes (mean of each class's normalised
+    prompt vectors) is ≤ k; i2t R@k: an image's caption is among the k distinct captions nearest to it;
+    t2i R@k: for each distinct caption, an image carrying it is among the k images nearest to it; loss:
+    the mean of `naive_loss` over the full chunks of LOSS_CHUNK consecutive pairs (a remainder left out)."""
+    from stage2_contrastive.zeroshot import RECALL_AT
+    images = F.normalize(case.images.double(), dim=-1)
+    distinct = list(dict.fromkeys(case.captions))
+    texts = F.normalize(torch.stack([case.text_vectors[c] for c in distinct]).double(), dim=-1)
+
+    def recall(queries: torch.Tensor, query_captions: list[str], keys: torch.Tensor,
+               key_captions: list[str], k: int) -> float:
+        sims = (queries @ keys.T).tolist()
+        nearest = [sorted(range(len(key_captions)), key=lambda j: -row[j])[:k] for row in sims]
+        return sum(any(key_captions[j] == c for j in near) for near, c in zip(nearest, query_captions)) \
+            / len(query_captions)
+
+    metrics = {"n": len(case.captions)}
+    if case.classnames:
+        classifier = torch.stack([F.normalize(torch.stack([F.normalize(case.text_vectors[t(c)].double(), dim=0)
+                                                           for t in case.templates]).mean(0), dim=0)
+                                  for c in case.classnames])
+        label_ranks = [1 + int((row > row[y]).sum()) for row, y in zip(images @ classifier.T, case.labels.tolist())]
+        metrics.update(zeroshot_top1=sum(r <= 1 for r in label_ranks) / len(label_ranks),
+                       zeroshot_top5=sum(r <= 5 for r in label_ranks) / len(label_ranks))
+    pair_texts = F.normalize(torch.stack([case.text_vectors[c] for c in case.captions]).double(), dim=-1)
+    size = min(LOSS_CHUNK, len(case.captions))  # a split smaller than a chunk is one chunk
+    chunks = range(0, len(case.captions) - size + 1, size)
+    metrics["loss"] = sum(naive_loss(images[s:s + size], pair_texts[s:s + size], kind) for s in chunks) / len(chunks)
+    for k in RECALL_AT:
+        metrics[f"i2t_R@{k}"] = recall(images, case.captions, texts, distinct, k)
+        metrics[f"t2i_R@{k}"] = recall(texts, distinct, images, case.captions, k)
+    return metrics
 
 
 def main(out_dir: str) -> None:

@@ -15,7 +15,7 @@ from common.config.schema import load_config, validate_run
 from common.errors import ConfigError
 from common.train.engine import train
 from common.train.checkpoint.remote import RemoteRun
-from tests.conftest import single_process_run
+from tests.support.tiny import single_process_run
 from tests.support.run_records import assert_resumed_exactly
 from tests.support.tasks.stream_task import StreamConfig, StreamTask
 
