@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import time
 
 import pytest
 from PIL import Image
 
+from common.datasets import sources
 from common.datasets.fashion_mnist import locate_fashion_mnist
 
 from scripts.make_shards import main as make_shards_cli
-from tests.support.image_sources import read_shards, write_csv
+from tests.support.image_sources import CLASSES, make_folder_source, read_shards, write_csv
 
 
 def test_fashion_mnist_subsample_reads_back(tmp_path):
@@ -74,3 +77,33 @@ def test_imagefolder_val_writes_a_zero_shot_set_in_clip_benchmarks_layout(tmp_pa
     code = make_shards_cli(["--source", f"imagefolder-val:{tmp_path / 'val'}", "--classnames",
                             str(tmp_path / "map.txt"), "--out", str(tmp_path / "bad")])
     assert code == 2 and "folder n99999999 of imagefolder-val" in capsys.readouterr().err
+
+
+def test_workers_2_loads_the_images_in_two_other_processes(tmp_path, monkeypatch):
+    """`--workers 2`: every image is loaded in one of two worker processes, none in this one; each worker's
+    first load waits (≤ 30 s) until the other has loaded one too, so both are seen however they are scheduled.
+    (That the output is the same for any number of workers: tests/common/datasets/test_shard_writer.py.)
+    Mutation (d): ignore the setting (`workers` not passed on to `write_split` in common/datasets/shard_writer.py,
+    or `--workers` dropped by the command) — every image loads in this process, and this fails."""
+    make_folder_source(tmp_path / "src")
+    for i in range(60):  # several chunks of work (the pool hands out 16 images at a time)
+        Image.new("L", (6 + i % 5, 7), i).save(tmp_path / "src" / CLASSES[i % 3] / f"extra{i}.png")
+    loaders = tmp_path / "loaders"  # one empty file per process that loaded an image, named by its pid
+    loaders.mkdir()
+    load = sources.file_image
+
+    def file_image(path, resize=None):
+        mark = loaders / str(os.getpid())
+        if not mark.exists():
+            mark.touch()
+            deadline = time.monotonic() + 30
+            while len(list(loaders.iterdir())) < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+        return load(path, resize)
+
+    monkeypatch.setattr(sources, "file_image", file_image)  # the folder source's loader, inherited by the forks
+    assert make_shards_cli(["--source", f"folder:{tmp_path / 'src'}", "--out", str(tmp_path / "out"),
+                            "--test-fraction", "0", "--workers", "2"]) == 0
+    pids = {int(p.name) for p in loaders.iterdir()}
+    assert len(pids) == 2 and os.getpid() not in pids, (pids, os.getpid())
+    assert len(read_shards(tmp_path / "out" / "train")) == 75  # 3 × 5 + 60 images; the corrupt file skipped

@@ -3,11 +3,14 @@ weight decay and lr reach the param groups, the held-out evaluation scores the r
 split's real captions, and the weights file records the stage-1 trunk `--init` loaded."""
 from __future__ import annotations
 
+import io
 import math
 import os
+import tarfile
 
 import pytest
 import torch
+from PIL import Image
 
 from common.config.schema import load_config
 from common.run_context import RunContext
@@ -15,6 +18,7 @@ from common.weights.formats import ClipConfig
 from stage2_contrastive.config import Stage2Config
 from stage2_contrastive.task import ContrastiveTask
 from tests.support.run_folders import stage1_run, trained_like_run
+from tests.support.tasks.zeroshot_eval import EvalCase, reference_metrics
 from tests.support.tiny import STAGE2_CONFIG, TINY_STAGE2, single_process_run
 
 CONFIG = STAGE2_CONFIG
@@ -73,3 +77,34 @@ def test_stage_2_records_the_trunk_init_loaded_as_an_absolute_path(tmp_path, fmn
     task = ContrastiveTask(cfg, single_process_run(), init=os.path.relpath(trunk))
     task.save_weights(model.state_dict(), tmp_path)
     assert ClipConfig.read(tmp_path).info.init_from == str(trunk.resolve())
+
+
+@torch.no_grad()
+def test_the_held_out_evaluation_ranks_the_splits_own_captions(caption_shards):
+    """Caption-only held-out pairs (img2dataset's layout, 32 distinct captions): the eval's retrieval metrics
+    are those of the split's real captions — read here from the tars with tarfile — ranked against the
+    model's image features, by brute force on the caption strings (tests/support/tasks/zeroshot_eval.py).
+    Mutation (a): `caption = "x"` in `ContrastiveTask.eval_sample` — every pair carries one caption, i2t
+    ranks one distinct caption (R@1 = 1), and this fails."""
+    test = caption_shards / "test"
+    cfg = load_config(Stage2Config, CONFIG, [*TINY_STAGE2, f"data.train_shards={caption_shards / 'train'}",
+                                             f"data.eval_shards={test}"])
+    task = ContrastiveTask(cfg, single_process_run())
+    torch.manual_seed(0)
+    clip = task.build_model().eval()
+    metrics = task.evaluate(clip, final=True)
+    images, captions = [], []
+    for tar_path in sorted(test.glob("*.tar")):  # the split as written, in the eval stream's order
+        with tarfile.open(tar_path) as tar:
+            files = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+        for name in sorted(n for n in files if n.endswith(".txt")):
+            key = name[:-len(".txt")]
+            images.append(task.eval_tf(Image.open(io.BytesIO(files[f"{key}.jpg"]))))
+            captions.append(files[name].decode())
+    assert len(set(captions)) == len(captions) == metrics["n"] == 32
+    image_features = clip.encode_image(torch.stack(images), normalize=True)
+    text_features = clip.encode_text(task.tokenizer(captions), normalize=True)
+    case = EvalCase([], image_features, torch.full((len(captions),), -1), captions, dict(zip(captions, text_features)))
+    expected = {k: v for k, v in reference_metrics(case).items() if "_R@" in k}
+    assert {k: metrics[k] for k in expected} == pytest.approx(expected, abs=1e-9)
+    assert expected["i2t_R@1"] < 1 and expected["t2i_R@1"] < 1  # an untrained model ranks 32 captions imperfectly

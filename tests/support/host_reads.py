@@ -3,9 +3,11 @@ each of these waits for the device; on a CPU it is what would wait. Counted whil
 monkeypatch undoes it):
 - the Tensor methods that return host values: `.item()`, `.tolist()`, `.numpy()` (also `np.asarray(t)`),
   `.cpu()`, `bool(t)`, `int(t)`, `float(t)`, `.nonzero()`;
-- `.to(...)` onto the CPU (a device, "cpu" or a CPU tensor given as its target) unless `non_blocking=True`:
-  a blocking copy to the host waits for the device, a non-blocking one (what the engine's batch placement
-  uses) does not;
+- `.to(...)` onto the host unless `non_blocking=True` (a blocking copy to the host waits for the device, a
+  non-blocking one does not): the target named as the string "cpu" (how code that wants a value on the host
+  writes it), or, for a tensor on another device, any CPU target. A `torch.device("cpu")` object given to a
+  CPU tensor is not counted: it is what device placement passes (`t.device`, the run's device; torch's
+  clipping and the stage-1 loss do it every step), a no-op on the accelerator, indistinguishable here;
 - `torch.equal` / `Tensor.equal` (a Python bool of the values);
 - indexing with a boolean mask (`t[mask]`, also inside a tuple index): its output size is the mask's count,
   which the host must read before it can allocate the result.
@@ -20,6 +22,10 @@ import torch
 VALUE_METHODS = ("item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "nonzero")
 
 
+def _names_the_host(target: Any) -> bool:
+    return isinstance(target, str) and torch.device(target).type == "cpu"
+
+
 def _is_cpu(target: Any) -> bool:
     if isinstance(target, torch.Tensor):
         return target.device.type == "cpu"
@@ -28,14 +34,14 @@ def _is_cpu(target: Any) -> bool:
     return False
 
 
-def copies_to_host(args: tuple, kwargs: dict) -> bool:
-    """Whether `Tensor.to(*args, **kwargs)` is a blocking copy onto the CPU."""
+def copies_to_host(tensor: torch.Tensor, args: tuple, kwargs: dict) -> bool:
+    """Whether `tensor.to(*args, **kwargs)` is a blocking copy to the host (see the module doc)."""
     if kwargs.get("non_blocking") or (len(args) > 2 and isinstance(args[2], bool) and args[2]):
-        return False  # to(device, dtype, non_blocking, ...) / to(other, non_blocking, ...)
+        return False  # to(device, dtype, non_blocking, ...)
     if len(args) > 1 and isinstance(args[0], torch.Tensor) and isinstance(args[1], bool) and args[1]:
-        return False
+        return False  # to(other, non_blocking, ...)
     target = kwargs.get("device", args[0] if args else None)
-    return _is_cpu(target)
+    return _names_the_host(target) or (tensor.device.type != "cpu" and _is_cpu(target))
 
 
 def has_bool_mask(index: Any) -> bool:
@@ -54,15 +60,14 @@ class HostReadCounter:
         monkeypatch.setattr(torch.Tensor, "equal", self.counted(torch.Tensor.equal))
         monkeypatch.setattr(torch, "equal", self.counted(torch.equal))
         monkeypatch.setattr(torch.Tensor, "to", self.counted(torch.Tensor.to, when=copies_to_host))
-        getitem = torch.Tensor.__getitem__
-        monkeypatch.setattr(torch.Tensor, "__getitem__",
-                            self.counted(getitem, when=lambda args, kwargs: has_bool_mask(args[0])))
+        monkeypatch.setattr(torch.Tensor, "__getitem__", self.counted(
+            torch.Tensor.__getitem__, when=lambda tensor, args, kwargs: has_bool_mask(args[0])))
 
     def counted(self, function: Any, when: Any = None) -> Any:
-        """`function` (a tensor method or a torch function), counting its calls (those `when(args, kwargs)`
-        says are reads, the tensor itself left out of args)."""
+        """`function` (a tensor method or a torch function), counting its calls (those `when(first, args,
+        kwargs)` says are reads; `first`: the tensor, or the first argument)."""
         def wrapper(first: Any, *args: Any, **kwargs: Any) -> Any:
-            if when is None or when(args, kwargs):
+            if when is None or when(first, args, kwargs):
                 self.calls += 1
             return function(first, *args, **kwargs)
         return wrapper

@@ -1,6 +1,8 @@
 """common/train/engine.py, the ONE training loop, in this process:
 - on the tiny linear task (tests/support/tasks/linear_task.py): it learns, writes its run folder, and a run
-  resumed after a crash equals the uninterrupted one;
+  resumed after a crash, or from a preemption checkpoint with gradient accumulation, equals the
+  uninterrupted one;
+- `fit` shields its loader workers from stop signals while it runs;
 - `train.grad_accum` (tests/support/tasks/stream_task.py, whose micro-batches partition the big batch): K
   micro-batches of B and one optimizer step equal one step on a batch of K·B (same logged loss and gradient
   norm every step, same final weights), and a skipped step discards its whole accumulation group;
@@ -8,25 +10,34 @@
   counted per loop iteration of the real engine on the tiny stage-2 model (with and without contrastive
   accumulation) and the tiny stage-1 student + frozen teacher (batches pre-built on the device, so the
   loader's own CPU work is not counted); it must be 0 except at log steps. On CUDA: the same steps under
-  `torch.cuda.set_sync_debug_mode("error")`, which raises on any synchronising call.
+  `torch.cuda.set_sync_debug_mode("error")`, which raises on any synchronising call. (What the CPU counter
+  counts: tests/support/host_reads.py, checked one operation at a time here.)
 (2 gloo processes: tests/multiprocess/test_engine.py.)"""
 from __future__ import annotations
 
 import os
+import signal
 from itertools import cycle
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch import nn
+
+from common import stop_signals
 
 from common.artifacts import complete_checkpoints, read_metrics
 from common.config.schema import load_config
 from common.train.engine import Trainer, train
+from common.train.preemption import REQUEUE_EXIT_STATUS
 from tests.support.host_reads import HostReadCounter
 from tests.support.run_records import assert_resumed_exactly, losses
+from tests.support.shards import train_loader
+from tests.support.tasks import linear_task
 from tests.support.tasks.linear_task import Crash, run_linear
 from tests.support.tasks.stage2_step import global_batch, stage2_config
 from tests.support.tasks.stream_task import StreamConfig, StreamTask
@@ -54,6 +65,61 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path):
     drawn = [r["batch_sum"] for r in full if "loss" in r]
     assert len(set(drawn)) == len(drawn) == 30  # the stream restarted at each checkpoint replays no batch
 
+
+
+def test_a_resume_from_a_preemption_checkpoint_skips_every_pass_of_the_steps_it_trained(tmp_path):
+    """`train.grad_accum=2`: a SIGTERM in step 3 (the 5th micro-batch) checkpoints at step 3, whose stream
+    started at the periodic step 2; the resumed stream moves on by (3 − 2) steps × 2 passes, so the resumed run
+    equals the uninterrupted one, losses and weights bit for bit.
+    Mutation (b): drop `× self.context.backward_passes` in `Trainer.batches` (common/train/engine.py) — the
+    resumed stream moves on by 1 micro-batch instead of 2, step 4 trains on other samples, and this fails."""
+    run = ["train.steps=6", "train.save_every=2", "train.grad_accum=2"]
+    full = tmp_path / "full"
+    run_linear(full, *run)
+    out = tmp_path / "preempted"
+    assert linear_task.main([str(out), *run, "signal_at_step=5"]) == REQUEUE_EXIT_STATUS  # call 5: step 3
+    assert [p.name for p in complete_checkpoints(out)] == ["step_00000002", "step_00000003"]
+    assert linear_task.main([str(out), *run, "--resume", "auto"]) == 0
+    assert_resumed_exactly(out, full, from_step=3)
+
+
+class ShieldProbe(StreamTask):
+    """The stream task fed by a real loader worker (common/data/streams.py on the id shards): at its first
+    micro-batch it sends that worker the stop signals a job step sends every process; at every micro-batch
+    it records whether the loader workers are shielded and whether the worker still runs."""
+
+    def __init__(self, cfg: StreamConfig, run: Any, shards: Path):
+        super().__init__(cfg, run)
+        self.shards, self.seen, self.worker = shards, [], None
+        self.others = set(psutil.Process().children())  # processes this test process had before the run
+
+    def train_batches(self, seed: int) -> Any:
+        for batch in train_loader(self.shards, seed=seed, num_workers=1):
+            x = torch.cat([batch["noise"], batch["noise"]], dim=1)  # [8, 4]
+            yield {"x": x, "y": batch["id"].float()[:, None] / 40, "skipped": batch["skipped"]}
+
+    def training_loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict]:
+        if self.worker is None:
+            (self.worker,) = set(psutil.Process().children()) - self.others
+            for sig in (signal.SIGTERM, signal.SIGUSR1):
+                self.worker.send_signal(sig)
+        alive = self.worker.is_running() and self.worker.status() != psutil.STATUS_ZOMBIE
+        self.seen.append((stop_signals.loader_workers_shielded(), alive))
+        return super().training_loss(model, batch)
+
+
+def test_fit_shields_its_loader_workers_from_stop_signals_while_it_runs(id_shards, tmp_path):
+    """While `fit` runs, the engine switches on the shield of common/stop_signals.py (and off after): a loader
+    worker sent SIGTERM and SIGUSR1 at step 1 keeps serving the run's batches to its end.
+    Mutation (c): drop `shield_loader_workers(True)` from `PreemptionWatch.start` (common/train/preemption.py,
+    what `fit` starts) — the shield is never on during `fit`, the worker dies on SIGTERM, and this fails."""
+    cfg = load_config(StreamConfig, None, [f"train.output_dir={tmp_path}", "train.steps=4"])
+    tasks: list[ShieldProbe] = []
+    assert not stop_signals.loader_workers_shielded()
+    train(cfg, lambda run: tasks.append(ShieldProbe(cfg, run, id_shards)) or tasks[-1])
+    assert tasks[0].seen == [(True, True)] * 4
+    assert not stop_signals.loader_workers_shielded()
+    assert [r["step"] for r in read_metrics(tmp_path) if "loss" in r] == [1, 2, 3, 4]
 
 # ---- train.grad_accum ------------------------------------------------------------------------------
 ACCUM, MICRO_BATCH = 4, 4
@@ -174,6 +240,35 @@ def reads_per_step(trainer: Trainer, counter: HostReadCounter) -> list[int]:
     trainer.fit()
     return [b - a for a, b in zip(marks, marks[1:])]
 
+
+
+def test_the_host_read_counter_counts_every_way_to_read_a_tensor_on_the_host(monkeypatch):
+    """What `HostReadCounter` (tests/support/host_reads.py) counts as a read, one operation at a time, and what
+    it leaves alone (operations that stay on the device).
+    Mutation (e): the counter as it was (`.item()`, `.cpu()`, `.tolist()`, `bool()`, `int()`, `float()` only)
+    misses `.numpy()`, `.to("cpu")`, `torch.equal` and boolean-mask indexing, and this fails."""
+    x = torch.arange(6.0)
+    grid, mask, rows = x.view(2, 3), x > 2, torch.tensor([True, False])
+    reads = {"item": lambda: x[0].item(), "tolist": lambda: x.tolist(), "numpy": lambda: x.numpy(),
+             "np.asarray": lambda: np.asarray(x), "cpu": lambda: x.cpu(), "bool": lambda: bool(x[1]),
+             "int": lambda: int(x[1]), "float": lambda: float(x[1]), "nonzero": lambda: x.nonzero(),
+             "to('cpu')": lambda: x.to("cpu"), "to(device='cpu')": lambda: x.to(device="cpu"),
+             "to('cpu', dtype)": lambda: x.to("cpu", torch.float64),
+             "torch.equal": lambda: torch.equal(x, x), "Tensor.equal": lambda: x.equal(x),
+             "mask index": lambda: x[mask], "mask in a tuple index": lambda: grid[rows, 1]}
+    stays = {"x + 1": lambda: x + 1, "to(dtype)": lambda: x.to(torch.float64),
+             "to('cpu', non_blocking=True)": lambda: x.to("cpu", non_blocking=True),
+             "to(its own device)": lambda: x.to(x.device), "to(like a tensor)": lambda: x.to(grid),
+             "slice": lambda: x[1:3],
+             "index tensor": lambda: x[torch.tensor([0, 2])], "int index": lambda: grid[0]}
+    counter = HostReadCounter(monkeypatch)
+    counted = {}
+    for name, op in {**reads, **stays}.items():
+        before = counter.calls
+        op()
+        counted[name] = counter.calls - before
+    assert {name: n for name, n in counted.items() if name in reads and n == 0} == {}
+    assert {name: n for name, n in counted.items() if name in stays and n} == {}
 
 @pytest.mark.slow  # three tiny engines built and run 7 steps each
 @pytest.mark.parametrize("stage", list(TRAINERS))
