@@ -58,7 +58,7 @@ def child(args: argparse.Namespace) -> dict:
         return task
     trainer = Trainer.build(cfg, make)
     stream = trainer.batches()
-    cuda = trainer.run.device.type == "cuda"
+    cuda = trainer.context.device.type == "cuda"
     rss_before = resident_bytes()
     trainer.step(stream)  # warm-up: allocator, optimizer state
     if cuda:

@@ -69,7 +69,7 @@ def stage1_run(fmnist_shards, teacher_export, tmp_path_factory) -> Stage1Run:
         loss_before = probe_loss(student, task.teacher, images, mask)
         trainer.fit()
         loss_after = probe_loss(student, task.teacher, images, mask)
-        optimizer_params = [p for group in trainer.optimizer.param_groups for p in group["params"]]
+        optimizer_params = [p for group in trainer.run.optimizer.param_groups for p in group["params"]]
     finally:
         trainer.close()
     return Stage1Run(out, task, teacher_before, student, optimizer_params, loss_before, loss_after)

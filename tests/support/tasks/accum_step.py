@@ -85,7 +85,7 @@ def main(out_dir: str, shard_dir: str) -> None:
     for kind in KINDS:
         result = first_step(kind, shard_dir, f"{out_dir}/run_{kind}")
         trainer = result.pop("trainer")
-        torch.save(result, Path(out_dir) / f"{kind}_rank{trainer.run.rank}_of{trainer.run.world_size}.pt")
+        torch.save(result, Path(out_dir) / f"{kind}_rank{trainer.context.rank}_of{trainer.context.world_size}.pt")
     trainer.close()
 
 
