@@ -12,6 +12,7 @@ The layout of tests/ (a test is found by the path of what it tests):
 """
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 
@@ -22,6 +23,41 @@ from tests.support.tiny import STAGE2_CONFIG, TINY_STAGE2
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)
+
+
+# Session fixtures too costly to make in both pytest-xdist workers: the tests that use one run in one process
+# (`--dist loadgroup`), and the longest of them start first. Files whose module fixtures are costly name their
+# own group (`pytestmark`).
+SHARED_FIXTURES = ("quick_demo", "uninterrupted_linear_run", "teacher_export")
+FIRST_GROUPS = ("quick_demo", "deepspeed", "uninterrupted_linear_run", "stage1_reproducible", "e2e_compile")
+
+
+def xdist_group(item: pytest.Item) -> str | None:
+    marker = item.get_closest_marker("xdist_group")
+    return marker.args[0] if marker is not None else None
+
+
+def pytest_collection_modifyitems(config, items: list[pytest.Item]) -> None:
+    """Put the users of a SHARED_FIXTURES fixture in its group, then order the tests as the workers take
+    them: FIRST_GROUPS (in that order), the other slow tests, the rest (each in file order)."""
+    for item in items:
+        shared = next((name for name in SHARED_FIXTURES if name in item.fixturenames), None)
+        if shared is not None and xdist_group(item) is None:
+            item.add_marker(pytest.mark.xdist_group(shared))
+
+    def rank(item: pytest.Item) -> int:
+        group = xdist_group(item)
+        if group in FIRST_GROUPS:
+            return FIRST_GROUPS.index(group)
+        return len(FIRST_GROUPS) + (item.get_closest_marker("slow") is None)
+    items.sort(key=rank)
+
+
+def pytest_collection_finish(session) -> None:
+    """Freeze what collection imported (torch, timm, open_clip, transformers, the tests): the garbage collector
+    then no longer walks it. Every run the engine closes calls `gc.collect()` (accelerate's `free_memory` and
+    the clean shutdown of `common/train/accelerator.py`), and over that heap each call took ~1 s."""
+    gc.freeze()
 
 
 @pytest.fixture(scope="session")

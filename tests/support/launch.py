@@ -14,8 +14,6 @@ from pathlib import Path
 
 import psutil
 
-from tests.support.run_records import losses
-
 ROOT = Path(__file__).resolve().parents[2]
 # the linear-task run of the reliability tests: checkpoints at steps 3, 6, 9; every step logged and slowed
 LINEAR_RUN = ["train.steps=12", "train.save_every=3", "step_sleep=0.15"]
@@ -65,6 +63,7 @@ def spawn_ranks(nproc: int, logs: Path, *module_and_args: str) -> list[subproces
 
 def wait_until_logged(run_dir: Path, step: int, procs: list, timeout: float = 240) -> None:
     """Return once the run in `run_dir` has logged `step` (failing if one of `procs` ended before)."""
+    from tests.support.run_records import losses  # here: the ranks spawned from this module import it light
     deadline = time.monotonic() + timeout
     while max(losses(run_dir), default=0) < step:
         assert all(p.poll() is None for p in procs), "the run ended before the fault could be injected"
