@@ -25,32 +25,21 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)
 
 
-# Session fixtures too costly to make in both pytest-xdist workers: the tests that use one run in one process
-# (`--dist loadgroup`), and the longest of them start first. Files whose module fixtures are costly name their
-# own group (`pytestmark`).
-SHARED_FIXTURES = ("quick_demo", "uninterrupted_linear_run", "teacher_export")
-FIRST_GROUPS = ("quick_demo", "deepspeed", "uninterrupted_linear_run", "stage1_reproducible", "e2e_compile")
-
-
-def xdist_group(item: pytest.Item) -> str | None:
-    marker = item.get_closest_marker("xdist_group")
-    return marker.args[0] if marker is not None else None
+# The files that take longest, first: pytest-xdist (`--dist loadfile`, scripts/test.sh) hands whole files to
+# its workers in collection order, so these start at once and the rest fills in around them.
+FIRST_FILES = ("tests/e2e/test_demo.py", "tests/multiprocess/test_deepspeed.py")
 
 
 def pytest_collection_modifyitems(config, items: list[pytest.Item]) -> None:
-    """Put the users of a SHARED_FIXTURES fixture in its group, then order the tests as the workers take
-    them: FIRST_GROUPS (in that order), the other slow tests, the rest (each in file order)."""
-    for item in items:
-        shared = next((name for name in SHARED_FIXTURES if name in item.fixturenames), None)
-        if shared is not None and xdist_group(item) is None:
-            item.add_marker(pytest.mark.xdist_group(shared))
+    """Order the files as the workers should take them: FIRST_FILES, then the files with slow tests, then the
+    rest; each file's tests stay together and in order (its module fixtures are made once)."""
+    files = [item.nodeid.split("::")[0] for item in items]
+    slow = {file for file, item in zip(files, items) if item.get_closest_marker("slow") is not None}
 
-    def rank(item: pytest.Item) -> int:
-        group = xdist_group(item)
-        if group in FIRST_GROUPS:
-            return FIRST_GROUPS.index(group)
-        return len(FIRST_GROUPS) + (item.get_closest_marker("slow") is None)
-    items.sort(key=rank)
+    def rank(file: str) -> int:
+        return FIRST_FILES.index(file) if file in FIRST_FILES else len(FIRST_FILES) + (file not in slow)
+    order = {file: (rank(file), i) for i, file in reversed(list(enumerate(files)))}  # a file's first position
+    items.sort(key=lambda item: order[item.nodeid.split("::")[0]])
 
 
 def pytest_collection_finish(session) -> None:

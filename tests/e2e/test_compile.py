@@ -22,7 +22,7 @@ from stage2_contrastive.train import main as stage2_main
 from tests.support.run_records import assert_resumed_exactly, loss_records, start_records
 from tests.support.tiny import TINY_STAGE2, stage1_args
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("e2e_compile")]
+pytestmark = pytest.mark.slow
 
 STEPS = 3
 COMPILED = ("train.compile=blocks", "train.compile_backend=aot_eager")

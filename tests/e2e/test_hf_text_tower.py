@@ -21,7 +21,6 @@ from tests.support.hf_text import TEXTS, pretrained_encoder
 from tests.support.run_records import assert_resumed_exactly
 from tests.support.tiny import STAGE2_CONFIG, TINY_STAGE2
 
-pytestmark = pytest.mark.xdist_group("hf_locked_run")  # the locked run, made once for the file
 CONFIG = STAGE2_CONFIG
 LOCK_STEPS, STEPS = 2, 3
 

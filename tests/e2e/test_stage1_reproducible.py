@@ -19,7 +19,7 @@ from tests.support.run_records import assert_resumed_exactly, losses
 from tests.support.teachers import save_native_vit_folder
 from tests.support.tiny import stage1_args
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("stage1_reproducible")]
+pytestmark = pytest.mark.slow
 STEPS = ["train.steps=8", "train.save_every=3", "probe=false", "data.num_workers=1"]
 
 

@@ -11,8 +11,6 @@ import torch
 from tests.support.launch import ROOT, subprocess_env, torchrun
 from tests.support.tasks.accum_step import KINDS, assert_same_step
 
-pytestmark = pytest.mark.xdist_group("accum_2proc")  # one torchrun launch for the file
-
 
 @pytest.fixture(scope="module")
 def two_processes(fmnist_shards, tmp_path_factory) -> dict:

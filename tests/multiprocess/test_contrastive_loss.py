@@ -9,8 +9,6 @@ import torch
 
 from tests.support.dist_loss import KINDS, assert_ranks_equal_one_process, loss_and_grads, run_ranks
 
-pytestmark = pytest.mark.xdist_group("contrastive_loss_ranks")  # the 2-rank run, made once for the file
-
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory) -> list[dict[str, dict[str, torch.Tensor]]]:

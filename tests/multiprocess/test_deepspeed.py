@@ -26,7 +26,7 @@ from tests.support.tiny import TINY_STAGE2
 from tests.support.launch import ROOT, subprocess_env, torchrun
 from tests.support.run_records import loss_records, losses, start_records
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("deepspeed")]
+pytestmark = pytest.mark.slow
 CONFIG = "configs/stage2/fmnist_tiny.yaml"
 STAGES = (1, 2, 3)
 WORLD = 2

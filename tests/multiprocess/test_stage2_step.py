@@ -14,7 +14,7 @@ from common.train.accelerator import make_accelerator
 from tests.support.launch import ROOT, subprocess_env, torchrun
 from tests.support.tasks.stage2_step import KINDS, run_step
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("stage2_step")]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

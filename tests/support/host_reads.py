@@ -1,8 +1,10 @@
 """Counting the reads of tensor values on the host, the CPU stand-in for host-device syncs: on an accelerator
-each of these waits for the device; on a CPU it is what would wait. Counted while installed (pytest's
-monkeypatch undoes it):
-- the Tensor methods that return host values: `.item()`, `.tolist()`, `.numpy()` (also `np.asarray(t)`),
-  `.cpu()`, `bool(t)`, `int(t)`, `float(t)`, `.nonzero()`;
+each of these waits for the device; on a CPU it is what would wait. `with HostReadCounter() as counter:`
+counts, in `counter.calls`, every call made from Python (a torch function mode: torch's own C++ calls are not
+seen; torch's classes are left as they are — assigning `Tensor.__getitem__` and deleting it again leaves
+`torch.tensor([t0, t1])` of 0-d tensors broken for the rest of the process) of
+- the Tensor methods that return host values: `.item()`, `.tolist()`, `.numpy()`, `np.asarray(t)`, `.cpu()`,
+  `bool(t)`, `int(t)`, `float(t)`, and `.nonzero()` / `torch.nonzero`;
 - `.to(...)` onto the host unless `non_blocking=True` (a blocking copy to the host waits for the device, a
   non-blocking one does not): the target named as the string "cpu" (how code that wants a value on the host
   writes it), or, for a tensor on another device, any CPU target. A `torch.device("cpu")` object given to a
@@ -16,10 +18,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
-VALUE_METHODS = ("item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "nonzero")
+VALUE_READS = {"item", "tolist", "numpy", "__array__", "cpu", "__bool__", "__int__", "__float__", "nonzero", "equal"}
 
 
 def _names_the_host(target: Any) -> bool:
@@ -50,24 +52,27 @@ def has_bool_mask(index: Any) -> bool:
     return any(isinstance(p, torch.Tensor) and p.dtype == torch.bool for p in parts)
 
 
-class HostReadCounter:
-    """`calls`: how many host reads of tensor values happened since it was installed (see the module doc)."""
+def is_host_read(func: Any, args: tuple, kwargs: dict) -> bool:
+    """Whether the torch call `func(*args, **kwargs)` reads a tensor value on the host (see the module doc)."""
+    name = getattr(func, "__name__", "")
+    if name in VALUE_READS:
+        return True
+    if name == "to":
+        return copies_to_host(args[0], args[1:], kwargs)
+    if name == "__getitem__":
+        return has_bool_mask(args[1])
+    return False
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch):
+
+class HostReadCounter(TorchFunctionMode):
+    """`calls`: how many host reads of tensor values happened while it was active (see the module doc)."""
+
+    def __init__(self):
+        super().__init__()
         self.calls = 0
-        for name in VALUE_METHODS:
-            monkeypatch.setattr(torch.Tensor, name, self.counted(getattr(torch.Tensor, name)))
-        monkeypatch.setattr(torch.Tensor, "equal", self.counted(torch.Tensor.equal))
-        monkeypatch.setattr(torch, "equal", self.counted(torch.equal))
-        monkeypatch.setattr(torch.Tensor, "to", self.counted(torch.Tensor.to, when=copies_to_host))
-        monkeypatch.setattr(torch.Tensor, "__getitem__", self.counted(
-            torch.Tensor.__getitem__, when=lambda tensor, args, kwargs: has_bool_mask(args[0])))
 
-    def counted(self, function: Any, when: Any = None) -> Any:
-        """`function` (a tensor method or a torch function), counting its calls (those `when(first, args,
-        kwargs)` says are reads; `first`: the tensor, or the first argument)."""
-        def wrapper(first: Any, *args: Any, **kwargs: Any) -> Any:
-            if when is None or when(first, args, kwargs):
-                self.calls += 1
-            return function(first, *args, **kwargs)
-        return wrapper
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if is_host_read(func, args, kwargs):
+            self.calls += 1
+        return func(*args, **kwargs)

@@ -32,7 +32,6 @@ from tests.support.hf_text import TEXTS
 from tests.support.launch import ROOT
 from tests.support.run_folders import tiny_cfg, trained_like_run
 
-pytestmark = pytest.mark.xdist_group("export_travels")  # every case exported and loaded once for the file
 HUB_ID = "evaclip-test/tiny-hf-28"
 RELOCATED = ("native_28", "hf_28")           # timm registers no name at 28 px / an HF text tower
 AS_COPIED = ("native_224", "native_336")     # registered size / registered sibling (eva02_tiny_patch14_336)

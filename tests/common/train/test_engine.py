@@ -242,7 +242,7 @@ def reads_per_step(trainer: Trainer, counter: HostReadCounter) -> list[int]:
 
 
 
-def test_the_host_read_counter_counts_every_way_to_read_a_tensor_on_the_host(monkeypatch):
+def test_the_host_read_counter_counts_every_way_to_read_a_tensor_on_the_host():
     """What `HostReadCounter` (tests/support/host_reads.py) counts as a read, one operation at a time, and what
     it leaves alone (operations that stay on the device).
     Mutation (e): the counter as it was (`.item()`, `.cpu()`, `.tolist()`, `bool()`, `int()`, `float()` only)
@@ -261,21 +261,22 @@ def test_the_host_read_counter_counts_every_way_to_read_a_tensor_on_the_host(mon
              "to(its own device)": lambda: x.to(x.device), "to(like a tensor)": lambda: x.to(grid),
              "slice": lambda: x[1:3],
              "index tensor": lambda: x[torch.tensor([0, 2])], "int index": lambda: grid[0]}
-    counter = HostReadCounter(monkeypatch)
     counted = {}
-    for name, op in {**reads, **stays}.items():
-        before = counter.calls
-        op()
-        counted[name] = counter.calls - before
+    with HostReadCounter() as counter:
+        for name, op in {**reads, **stays}.items():
+            before = counter.calls
+            op()
+            counted[name] = counter.calls - before
     assert {name: n for name, n in counted.items() if name in reads and n == 0} == {}
     assert {name: n for name, n in counted.items() if name in stays and n} == {}
 
 @pytest.mark.slow  # three tiny engines built and run 7 steps each
 @pytest.mark.parametrize("stage", list(TRAINERS))
-def test_no_tensor_reads_between_log_steps_on_cpu(shards, tmp_path, monkeypatch, stage):
+def test_no_tensor_reads_between_log_steps_on_cpu(shards, tmp_path, stage):
     trainer = TRAINERS[stage](shards, "cpu", tmp_path)
     try:
-        reads = reads_per_step(trainer, HostReadCounter(monkeypatch))
+        with HostReadCounter() as counter:
+            reads = reads_per_step(trainer, counter)
     finally:
         trainer.close()
     logged = [step % LOG_EVERY == 0 for step in range(1, STEPS)]
