@@ -17,12 +17,8 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
-
-from tests.support.tiny import STAGE2_CONFIG, TINY_STAGE2
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-torch.set_num_threads(1)
 
 
 # The files that take longest, first: pytest-xdist (`--dist loadfile`, scripts/test.sh) hands whole files to
@@ -32,7 +28,10 @@ FIRST_FILES = ("tests/e2e/test_demo.py", "tests/multiprocess/test_deepspeed.py")
 
 def pytest_collection_modifyitems(config, items: list[pytest.Item]) -> None:
     """Order the files as the workers should take them: FIRST_FILES, then the files with slow tests, then the
-    rest; each file's tests stay together and in order (its module fixtures are made once)."""
+    rest; each file's tests stay together and in order (its module fixtures are made once). Also where torch
+    gets one thread: only a process that collects runs tests (pytest-xdist's controller never imports torch)."""
+    import torch
+    torch.set_num_threads(1)
     files = [item.nodeid.split("::")[0] for item in items]
     slow = {file for file, item in zip(files, items) if item.get_closest_marker("slow") is not None}
 
@@ -61,6 +60,7 @@ def fmnist_shards(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def stage2_overrides(fmnist_shards, tmp_path) -> list[str]:
+    from tests.support.tiny import TINY_STAGE2
     return [f"data.train_shards={fmnist_shards / 'train'}", f"data.eval_shards={fmnist_shards / 'test'}",
             f"train.output_dir={tmp_path / 'run'}", *TINY_STAGE2]
 
@@ -102,6 +102,7 @@ def teacher_export(fmnist_shards, tmp_path_factory) -> Path:
     """A tiny stage-2 model trained 2 steps and exported to an open_clip folder (a stage-1 teacher)."""
     from common.export import export_open_clip
     from stage2_contrastive.train import main as stage2_main
+    from tests.support.tiny import STAGE2_CONFIG, TINY_STAGE2
     tmp = tmp_path_factory.mktemp("teacher")
     args = ["--config", STAGE2_CONFIG, "train.steps=2", f"train.output_dir={tmp / 'run'}",
             f"data.train_shards={fmnist_shards / 'train'}", f"data.eval_shards={fmnist_shards / 'test'}", *TINY_STAGE2]
