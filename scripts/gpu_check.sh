@@ -27,7 +27,8 @@ fi
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PIP_NO_INDEX=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 rm -rf "$OUT" && mkdir -p "$OUT"
 COMPILE=${GPU_CHECK_COMPILE:-blocks}
-GPU_TESTS=(tests/test_export.py tests/test_attention.py tests/test_step_syncs.py -k "reloads or cuda")
+GPU_TESTS=(tests/common/export/test_open_clip_folder.py tests/common/export/test_timm_trunk.py tests/common/vision/test_attention.py
+           tests/common/train/test_engine.py -k "reloads or cuda")
 
 step() {  # step NAME SECONDS CMD...: run with a time limit, log to $OUT/NAME.log, record status + seconds
   local name=$1 limit=$2 start rc

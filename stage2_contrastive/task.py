@@ -82,7 +82,7 @@ class ContrastiveTask:
         caption = caption_of(meta, self.data.train_classnames(meta), self.templates, None)
         return {"image": self.train_tf(image), "text": self.tokenizer([caption])[0]}
 
-    def _eval_sample(self, image: Image.Image, meta: dict[str, Any]) -> dict[str, Any]:
+    def eval_sample(self, image: Image.Image, meta: dict[str, Any]) -> dict[str, Any]:
         """A held-out pair: image, caption (its first, or the label's first template), label (−1: none)."""
         caption = caption_of(meta, self.data.classnames, self.templates, 0)
         label = meta["cls"] if meta["cls"] is not None else -1
@@ -134,7 +134,7 @@ class ContrastiveTask:
         if self.data.eval_urls:
             loss = PairLoss(self.eval_loss_fn, clip.logit_scale.exp(), getattr(clip, "logit_bias", None),
                             self.run.contrastive_batch)
-            batches = self.data.eval_batches(self._eval_sample, final)
+            batches = self.data.eval_batches(self.eval_sample, final)
             metrics.update(evaluate_clip(encode_image, encode_text, batches, self.data.classnames,
                                          self.templates, device, loss))
         for zs in self.data.zeroshot_sets:

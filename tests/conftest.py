@@ -1,29 +1,51 @@
-"""Shared fixtures: a small real Fashion-MNIST shard set (made once per session) and tiny model configs."""
+"""Shared fixtures, each made once per test process (pytest-xdist: once per worker that needs it): a small real
+Fashion-MNIST shard set, caption-only shards in img2dataset's layout, the id-image shards of the stream tests,
+a tiny Hugging Face text tower, and a tiny stage-2 model exported as an open_clip folder (a stage-1 teacher).
+
+The layout of tests/ (a test is found by the path of what it tests):
+    tests/<package>/<module path>/test_<module>.py   one module's tests, in this process
+    tests/scripts/test_<script>.py                   a script's tests
+    tests/configs/                                   the shipped configs
+    tests/multiprocess/                              tests that start 2+ processes (gloo, torchrun, DeepSpeed)
+    tests/e2e/                                       whole command-line runs of a stage, the demo or the recipe
+    tests/support/                                   helpers and tasks the tests share (no tests)
+"""
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 
 import pytest
-import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-torch.set_num_threads(1)
-
-# Tiny but real: the registered Eva at 28 px (2×2 patches) and a 2-layer text tower.
-TINY_STAGE2 = [
-    "model.embed_dim=32", "model.text.context_length=16", "model.text.width=32", "model.text.heads=2",
-    "model.text.layers=2", "data.image_size=28", "data.num_workers=0", "data.shuffle_buffer=64",
-    "data.eval_max_samples=64", "data.eval_batch_size=32", "train.batch_size=8", "train.log_every=1",
-    "train.progress=false", "train.tensorboard=false", "optim.warmup_steps=2",
-]
 
 
-def single_process_run(micro_batch: int = 8) -> "RunContext":
-    """The RunContext of one CPU process without DeepSpeed (tasks built outside the engine)."""
-    from common.run_context import RunContext
-    return RunContext(rank=0, world_size=1, device=torch.device("cpu"), micro_batch=micro_batch, grad_accum=1,
-                      precision="fp32", deepspeed=False)
+# The files that take longest, first: pytest-xdist (`--dist loadfile`, scripts/test.sh) hands whole files to
+# its workers in collection order, so these start at once and the rest fills in around them.
+FIRST_FILES = ("tests/e2e/test_demo.py", "tests/multiprocess/test_deepspeed.py")
+
+
+def pytest_collection_modifyitems(config, items: list[pytest.Item]) -> None:
+    """Order the files as the workers should take them: FIRST_FILES, then the files with slow tests, then the
+    rest; each file's tests stay together and in order (its module fixtures are made once). Also where torch
+    gets one thread: only a process that collects runs tests (pytest-xdist's controller never imports torch)."""
+    import torch
+    torch.set_num_threads(1)
+    files = [item.nodeid.split("::")[0] for item in items]
+    slow = {file for file, item in zip(files, items) if item.get_closest_marker("slow") is not None}
+
+    def rank(file: str) -> int:
+        return FIRST_FILES.index(file) if file in FIRST_FILES else len(FIRST_FILES) + (file not in slow)
+    order = {file: (rank(file), i) for i, file in reversed(list(enumerate(files)))}  # a file's first position
+    items.sort(key=lambda item: order[item.nodeid.split("::")[0]])
+
+
+def pytest_collection_finish(session) -> None:
+    """Freeze what collection imported (torch, timm, open_clip, transformers, the tests): the garbage collector
+    then no longer walks it. Every run the engine closes calls `gc.collect()` (accelerate's `free_memory` and
+    the clean shutdown of `common/train/accelerator.py`), and over that heap each call took ~1 s."""
+    gc.freeze()
 
 
 @pytest.fixture(scope="session")
@@ -38,36 +60,9 @@ def fmnist_shards(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def stage2_overrides(fmnist_shards, tmp_path) -> list[str]:
+    from tests.support.tiny import TINY_STAGE2
     return [f"data.train_shards={fmnist_shards / 'train'}", f"data.eval_shards={fmnist_shards / 'test'}",
             f"train.output_dir={tmp_path / 'run'}", *TINY_STAGE2]
-
-
-def write_img2dataset_shards(out: Path, images: "np.ndarray", captions: list[str], per_shard: int) -> Path:
-    """What img2dataset writes with `--output_format webdataset`: NNNNN.tar holding KEY.jpg (RGB JPEG),
-    KEY.txt and KEY.json per sample, and beside each tar NNNNN.parquet and NNNNN_stats.json. The parquet
-    files are placeholders (nothing here reads them, and pyarrow is not a dependency)."""
-    import io
-    import json
-
-    from PIL import Image
-
-    from tests.run_records import write_tar
-    out.mkdir(parents=True)
-    for shard, start in enumerate(range(0, len(captions), per_shard)):
-        members, count = [], min(per_shard, len(captions) - start)
-        for i in range(start, start + count):
-            key = f"{shard:05d}{i - start:04d}"
-            jpg = io.BytesIO()
-            Image.fromarray(images[i]).convert("RGB").save(jpg, format="JPEG", quality=90)
-            meta = {"url": f"https://example.com/{i}.jpg", "caption": captions[i], "key": key, "status": "success",
-                    "error_message": None, "width": 28, "height": 28}
-            members += [(f"{key}.jpg", jpg.getvalue()), (f"{key}.txt", captions[i].encode()),
-                        (f"{key}.json", json.dumps(meta).encode())]
-        write_tar(out / f"{shard:05d}.tar", members)
-        (out / f"{shard:05d}.parquet").write_bytes(b"PAR1" + b"\0" * 16 + b"PAR1")
-        stats = {"count": count, "successes": count, "failed_to_download": 0}
-        (out / f"{shard:05d}_stats.json").write_text(json.dumps(stats))
-    return out
 
 
 @pytest.fixture(scope="session")
@@ -75,6 +70,7 @@ def caption_shards(tmp_path_factory) -> Path:
     """Caption-only pairs in img2dataset's layout (no labels, no classnames.txt): ROOT/train (64 Fashion-MNIST
     images, 4 shards) and ROOT/test (32, 2 shards), each caption naming the garment and the item."""
     from common.datasets.fashion_mnist import CLASSNAMES, load_split, locate_fashion_mnist
+    from tests.support.shards import write_img2dataset_shards
     root = tmp_path_factory.mktemp("img2dataset")
     for split, count in (("train", 64), ("test", 32)):
         images, labels = load_split(locate_fashion_mnist(), split)
@@ -84,19 +80,31 @@ def caption_shards(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def uninterrupted_linear_run(tmp_path_factory):
-    """nproc → the linear task's `LINEAR_RUN` trained without interruption on nproc processes (made once
-    per session): what every fault-and-resume test of that run must reproduce bit for bit."""
-    import subprocess
+def id_shards(tmp_path_factory) -> Path:
+    """The id-image shards (tests/support/shards.py): 4 shards × 10 samples under ROOT/train, classnames.txt
+    (a, b, c) in ROOT; returns ROOT/train."""
+    from tests.support.shards import N_SHARDS, PER_SHARD, write_id_shards
+    root = tmp_path_factory.mktemp("id_shards")
+    write_id_shards(root / "train", N_SHARDS * PER_SHARD)
+    (root / "classnames.txt").write_text("a\nb\nc\n")
+    return root / "train"
 
-    from tests.launch import LINEAR_RUN, ROOT, linear_run, subprocess_env
-    made: dict[int, Path] = {}
 
-    def get(nproc: int) -> Path:
-        if nproc not in made:
-            out = tmp_path_factory.mktemp(f"uninterrupted_{nproc}") / "run"
-            subprocess.run(linear_run(nproc, out, *LINEAR_RUN), cwd=ROOT, env=subprocess_env(), check=True,
-                           capture_output=True, timeout=600)
-            made[nproc] = out
-        return made[nproc]
-    return get
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A random 2-layer BERT (width 32) + a WordPiece tokenizer, saved as an HF model folder."""
+    from tests.support.hf_text import save_tiny_bert
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
+
+
+@pytest.fixture(scope="session")
+def teacher_export(fmnist_shards, tmp_path_factory) -> Path:
+    """A tiny stage-2 model trained 2 steps and exported to an open_clip folder (a stage-1 teacher)."""
+    from common.export import export_open_clip
+    from stage2_contrastive.train import main as stage2_main
+    from tests.support.tiny import STAGE2_CONFIG, TINY_STAGE2
+    tmp = tmp_path_factory.mktemp("teacher")
+    args = ["--config", STAGE2_CONFIG, "train.steps=2", f"train.output_dir={tmp / 'run'}",
+            f"data.train_shards={fmnist_shards / 'train'}", f"data.eval_shards={fmnist_shards / 'test'}", *TINY_STAGE2]
+    assert stage2_main(args) == 0
+    return export_open_clip(tmp / "run", tmp / "export")

@@ -87,7 +87,10 @@ class PrivateRNG:
         torch.set_rng_state(self.outer[0])
         random.setstate(self.outer[1])
 
-def _decode(sample: dict[str, Any]) -> Image.Image:
+
+def decode_image(sample: dict[str, Any]) -> Image.Image:
+    """The image of a raw tar sample (its png, jpg, jpeg or webp bytes), decoded now (truncated data raises
+    here) and turned upright as its EXIF orientation says."""
     key = next((k for k in IMAGE_KEYS if k in sample), None)
     if key is None:
         raise ValueError(f"sample {sample.get('__key__')} has no image ({'/'.join(IMAGE_KEYS)})")
@@ -116,7 +119,7 @@ def decode_and_map(samples: Iterable[dict[str, Any]], map_sample: MapSample, cou
             meta = _meta(sample)
             if "index" in sample:
                 meta["index"] = sample["index"]
-            image = _decode(sample)
+            image = decode_image(sample)
             if rng is None:
                 out = dict(map_sample(image, meta))
             else:

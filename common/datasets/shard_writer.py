@@ -61,7 +61,9 @@ class ProgressBar(Protocol):
     def close(self) -> Any: ...
 
 
-class _NoBar:
+class NoBar:
+    """A progress bar that shows nothing (what `make_shards` uses when given no `progress`)."""
+
     def update(self, n: int = 1) -> None:
         pass
 
@@ -224,7 +226,7 @@ def make_shards(opts: ShardOptions,
     limits = {"train": opts.max_train, "test": opts.max_test}
     for split, split_records in source.splits.items():
         records = _write_order(split_records, limits[split], opts.seed, split)
-        bar = progress(split, len(records)) if progress else _NoBar()
+        bar = progress(split, len(records)) if progress else NoBar()
         try:
             summary[split] = write_split(records, out / split, split, opts.samples_per_shard, bar, opts.workers,
                                          opts.layout)

@@ -34,8 +34,9 @@ _ROPE_ATTENTION = tuple(c for c in [getattr(timm.layers, "AttentionRope", None)]
 _ATTENTION_TYPES = (EvaAttention, *_ROPE_ATTENTION)
 
 
-def _memory_efficient_attention() -> Callable[..., torch.Tensor]:
-    """`xformers.ops.memory_efficient_attention`, or an ImportError that says how to get it."""
+def xformers_kernel() -> Callable[..., torch.Tensor]:
+    """`xformers.ops.memory_efficient_attention`, or an ImportError that says how to get it (the tests stub
+    it to run `XformersEvaAttention` on CPU with a reference kernel)."""
     try:
         from xformers.ops import memory_efficient_attention
     except ImportError as err:
@@ -49,7 +50,7 @@ def xformers_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: flo
     if not q.is_cuda:
         raise RuntimeError("attention backend 'xformers' needs CUDA tensors; use attention: sdpa on CPU")
     try:
-        return _memory_efficient_attention()(q, k, v, p=p, scale=scale)
+        return xformers_kernel()(q, k, v, p=p, scale=scale)
     except NotImplementedError as err:  # e.g. an xformers wheel built for another torch/CUDA
         raise RuntimeError("xformers has no kernel for these inputs (its build must match this torch and "
                            "CUDA: see `python -m xformers.info`); reinstall xformers for this torch or set "
@@ -145,7 +146,7 @@ def set_attention_backend(model: nn.Module, backend: str) -> int:
                          "(config key: model.attention)")
     backend = resolve_attention_backend(backend)
     if backend == "xformers":
-        _memory_efficient_attention()  # fail early with the install hint
+        xformers_kernel()  # fail early with the install hint
     modules = [m for m in model.modules() if isinstance(m, _ATTENTION_TYPES)]
     if backend == "xformers" and any(not isinstance(m, EvaAttention) for m in modules):
         raise ValueError("attention backend 'xformers' supports timm EvaAttention (eva02_* models), not "

@@ -1,4 +1,4 @@
-"""The linear task (`tests.tasks.linear_task`) under whatever launcher started it, dumping the consolidated
+"""The linear task (`tests.support.tasks.linear_task`) under whatever launcher started it, dumping the consolidated
 training state at every checkpoint it writes and right after a resume loaded one — for the tests of a
 resume on another number of processes.
 
@@ -22,7 +22,7 @@ import torch
 
 from common.config.schema import load_config
 from common.train.engine import Trainer
-from tests.tasks.linear_task import LinearConfig, LinearTask
+from tests.support.tasks.linear_task import LinearConfig, LinearTask
 
 ADAM_STATES = ("exp_avg", "exp_avg_sq")
 

@@ -14,8 +14,8 @@ import pytest
 
 from common.artifacts import complete_checkpoints, read_metrics
 from common.train.preemption import REQUEUE_EXIT_STATUS
-from tests.conftest import TINY_STAGE2
-from tests.launch import ROOT, free_port, subprocess_env
+from tests.support.tiny import TINY_STAGE2
+from tests.support.launch import ROOT, free_port, subprocess_env
 
 pytestmark = pytest.mark.slow
 TORCHRUN = ["--nproc_per_node=2", "--master_addr=127.0.0.1"]
@@ -59,7 +59,7 @@ def test_a_preempted_stage2_run_under_the_launcher_exits_75(fmnist_shards, tmp_p
 def test_a_worker_that_raises_ends_the_launch_with_a_failure_that_is_not_75(tmp_path):
     run_dir = tmp_path / "run"
     proc = subprocess.run(launcher("--run-dir", str(run_dir), *TORCHRUN, f"--master_port={free_port()}", "-m",
-                                   "tests.tasks.linear_task", str(run_dir), "train.steps=6", "crash_at_step=3"),
+                                   "tests.support.tasks.linear_task", str(run_dir), "train.steps=6", "crash_at_step=3"),
                           cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode not in (0, REQUEUE_EXIT_STATUS), proc.stderr[-2000:]
     assert "injected crash at step 3" in proc.stderr

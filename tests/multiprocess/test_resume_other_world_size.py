@@ -31,9 +31,9 @@ from common.train.checkpoint.resume import batch_fix
 from common.train.checkpoint.universal import agreed_conversion
 from common.train.engine import data_seed
 from common.train.optim import warmup_cosine
-from tests.launch import ROOT, linear_run, subprocess_env, torchrun
-from tests.run_records import loss_records, start_records
-from tests.tasks.linear_task import LinearConfig, LinearTask, run_linear
+from tests.support.launch import ROOT, linear_run, subprocess_env, torchrun
+from tests.support.run_records import loss_records, start_records
+from tests.support.tasks.linear_task import LinearConfig, LinearTask, run_linear
 
 STEPS, SAVE_EVERY, SAMPLES_PER_STEP = 6, 2, 16
 CHAIN = ((2, 0, 2), (1, 2, 4), (2, 4, 6))  # (processes, first step - 1, last step) of the three segments
@@ -248,7 +248,7 @@ def test_stage2_resumes_on_one_process_with_contrastive_accumulation(fmnist_shar
     fix the batch error names. Two backward passes per step now, one then: accelerate's accumulation
     counter (saved in each rank's RNG file as 1) must be set at the step's boundary, or the engine stops
     with 'accelerate's accumulation counter is out of step'."""
-    from tests.conftest import TINY_STAGE2
+    from tests.support.tiny import TINY_STAGE2
     run_dir = tmp_path / "run"
     common = ["--config", "configs/stage2/fmnist_tiny.yaml", f"train.output_dir={run_dir}",
               f"data.train_shards={fmnist_shards / 'train'}", f"data.eval_shards={fmnist_shards / 'test'}",

@@ -16,4 +16,4 @@ def test_the_run_folder_is_the_training_commands_output_dir():
 def test_a_module_that_is_not_a_stage_needs_run_dir():
     from common.train.launch import run_dir_of
     with pytest.raises(SystemExit, match="pass --run-dir DIR"):
-        run_dir_of(["--nproc_per_node=2", "-m", "tests.tasks.linear_task", "out"])
+        run_dir_of(["--nproc_per_node=2", "-m", "tests.support.tasks.linear_task", "out"])

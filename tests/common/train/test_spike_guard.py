@@ -9,7 +9,7 @@ from common.artifacts import read_metrics
 from common.config.schema import load_config
 from common.errors import ConfigError
 from common.train.spike_guard import LossSpikeError
-from tests.tasks.operated_task import OperatedConfig, run_operated
+from tests.support.tasks.operated_task import OperatedConfig, run_operated
 
 # checkpoints at 10 and 20; the stream restarted at step 10 holds the poison as its 7th batch: step 17
 RUN = ["train.steps=30", "train.save_every=10", "train.log_every=5", "train.keep_last=3",

@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from common.artifacts import read_metrics
-from tests.tasks.operated_task import run_operated
+from tests.support.tasks.operated_task import run_operated
 
 # the linear task: Linear(4, 8) → Dropout → Linear(8, 1) on batches of 16, inputs without gradient
 BATCH = 16

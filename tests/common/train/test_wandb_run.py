@@ -6,8 +6,8 @@ import pytest
 
 from common.artifacts import WANDB_ID_FILE, read_metrics
 from common.train.preemption import Preempted
-from tests.tasks.linear_task import run_linear
-from tests.tasks.wandb_records import history, offline_runs
+from tests.support.tasks.linear_task import run_linear
+from tests.support.tasks.wandb_records import history, offline_runs
 
 WANDB = ["train.wandb.mode=offline", "train.wandb.project=evaclip-tests", "train.log_every=1"]
 
@@ -34,7 +34,7 @@ def test_offline_wandb_holds_the_runs_scalars_and_a_resume_continues_the_same_ru
 def test_an_unknown_mode_or_a_missing_project_is_a_one_line_error():
     from common.config.schema import load_config
     from common.errors import ConfigError
-    from tests.tasks.linear_task import LinearConfig
+    from tests.support.tasks.linear_task import LinearConfig
     with pytest.raises(ConfigError, match="train.wandb.mode.*use one of: 'disabled', 'online', 'offline'"):
         load_config(LinearConfig, None, ["train.wandb.mode=cloud"])
     with pytest.raises(ConfigError, match="needs train.wandb.project"):
