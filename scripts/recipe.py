@@ -9,7 +9,8 @@ export → zero-shot of the export through stock open_clip on the held-out split
 
 Teachers (`--teacher`):
   reference          stage 2 from scratch on the WHOLE training set (every caption), `--reference-steps`
-                     steps, made once and reused from `--teacher-cache` (scripts/reference_teacher.py)
+                     steps, seed 0 whatever the students' seeds, made once and reused from `--teacher-cache`
+                     (scripts/reference_teacher.py)
   bootstrap          stage 2 from scratch on the caption set, `--teacher-steps` steps (the student's own data)
   local-dir:PATH     a given open_clip export, frozen and used as is
 
@@ -164,7 +165,7 @@ def teacher_steps(r: Recipe) -> tuple[list[Step], str]:
         sets = [*r.sizes.run_overrides(), *r.stage2_set]
         return [("teacher", ["scripts/reference_teacher.py", "--shards", str(r.data / "train"), "--eval-shards",
                              str(r.data / "test"), "--out", str(r.out), "--config", r.stage2_config, "--steps",
-                             str(r.sizes.reference_steps), "--seed", str(r.seeds[0]), "--cache", str(r.teacher_cache),
+                             str(r.sizes.reference_steps), "--seed", "0", "--cache", str(r.teacher_cache),
                              "--set", *sets], None)], f"local-dir:{export}"
     made = stage2(r, r.out, "teacher", r.sizes.teacher_steps, r.seeds[0], caption_shards(r, r.captions[0]))
     return [made, ("teacher_export", ["scripts/export_open_clip.py", str(r.out / "teacher"), str(export)], None)], \
@@ -219,16 +220,17 @@ def eval_args(model: str, r: Recipe) -> list[str]:
             "--max-samples", str(r.sizes.eval_samples)]
 
 
-def skippable(name: str, args: list[str], done: dict[str, list[str]]) -> bool:
-    """A training step already finished with the same arguments by an earlier call (its run folder has a
-    final eval), or a zero-shot eval whose output is there."""
+def skippable(name: str, args: list[str], stdout_file: Path | None, done: dict[str, list[str]]) -> bool:
+    """A step an earlier call finished with the same arguments: a training run whose last checkpoint (written
+    after its final eval) is complete, or a step whose output file is there."""
     if done.get(name) != args:
         return False
     output_dir = next((a.split("=", 1)[1] for a in args if a.startswith("train.output_dir=")), None)
     if output_dir is None:
-        return name.endswith("_eval") or name == "stage1_check"
-    metrics = Path(output_dir) / "metrics.jsonl"
-    return metrics.is_file() and '"final": true' in metrics.read_text()
+        return stdout_file is not None and stdout_file.is_file() and stdout_file.stat().st_size > 0
+    from common.artifacts import checkpoint_dir, complete_checkpoints
+    steps = int(next(a.split("=", 1)[1] for a in args if a.startswith("train.steps=")))
+    return checkpoint_dir(output_dir, steps) in complete_checkpoints(output_dir)
 
 
 def run(r: Recipe, fresh: bool = False) -> int:
@@ -247,7 +249,7 @@ def run(r: Recipe, fresh: bool = False) -> int:
             if name in ("teacher_eval", "export_eval") and not (r.data / "classnames.txt").is_file():
                 print(f"=== [{name}] skipped: {r.source} has no class names (zero-shot needs them)", flush=True)
                 continue
-            if not fresh and name != "report" and skippable(name, step_args, done):
+            if not fresh and name != "report" and skippable(name, step_args, stdout_file, done):
                 print(f"=== [{name}] finished by an earlier call with the same arguments: not run again", flush=True)
                 call["skipped"].append(name)
                 continue

@@ -139,3 +139,42 @@ def test_gap_marks_only_cells_beyond_their_seed_spread():
     assert not close["beats_noise"] and not close["loses_beyond_noise"]
     assert gap([0.60, 0.61], [0.70, 0.71])["loses_beyond_noise"]
     assert gap([0.8, 0.9], [0.7, 0.7])["gap_std"] == pytest.approx(np.std([0.1, 0.2], ddof=1))
+
+
+def test_own_data_pool_of_images_only_and_existing_shards_as_a_caption_source(fmnist_shards, tmp_path):
+    from PIL import Image
+    from common.datasets.shard_writer import ShardOptions, make_shards
+    for i, name in enumerate(("a/1.png", "a/b/2.jpg", "3.png")):
+        (tmp_path / "imgs" / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (9, 7), (i, 2 * i, 3)).save(tmp_path / "imgs" / name)
+    summary = make_shards(ShardOptions(source=f"images:{tmp_path / 'imgs'}", out=str(tmp_path / "pool"),
+                                       test_fraction=0.0))
+    assert summary == {"train": {"written": 3, "skipped_bad_image": 0}}
+    assert sorted(tuple(s) for s in read_samples(str(tmp_path / "pool" / "train"))) == [("jpg",), ("png",), ("png",)]
+    make_shards(ShardOptions(source=f"shards:{fmnist_shards / 'train'}", out=str(tmp_path / "re"), test_fraction=0.25))
+    train, test = (read_samples(str(tmp_path / "re" / split)) for split in ("train", "test"))
+    assert (len(train), len(test)) == (384, 128) and all("cls" in s for s in train + test)
+    assert (tmp_path / "re" / "classnames.txt").read_text() == (fmnist_shards / "classnames.txt").read_text()
+    r = Recipe(f"csv:{tmp_path / 'pairs.csv'}", tmp_path / "out", tmp_path / "data", SIZES, pool=f"images:{tmp_path}")
+    made = runs(r)
+    assert made["pool_data"][made["pool_data"].index("--source") + 1] == f"images:{tmp_path}"
+    assert made["pool"][-2:] == [str(tmp_path / "data" / "pool_source" / "train"), str(tmp_path / "data" / "pool")]
+
+
+def test_a_step_is_reused_only_when_finished_with_the_same_arguments(tmp_path):
+    """Mutation checked: `skippable` without its argument comparison reruns nothing after a change — fails."""
+    from common.artifacts import ENGINE_STATE_FILE, checkpoint_dir
+    from scripts.recipe import skippable
+    args = ["-m", "stage2_contrastive.train", f"train.output_dir={tmp_path / 'run'}", "train.steps=7"]
+    done = {"init_seed0": args}
+    assert not skippable("init_seed0", args, None, done)                  # no complete checkpoint yet
+    checkpoint_dir(tmp_path / "run", 7).mkdir(parents=True)
+    assert not skippable("init_seed0", args, None, done)                  # a checkpoint without its marker
+    (checkpoint_dir(tmp_path / "run", 7) / ENGINE_STATE_FILE).write_text("{}")
+    assert skippable("init_seed0", args, None, done)
+    assert not skippable("init_seed0", [*args, "loss=sigmoid"], None, done)
+    assert not skippable("init_seed1", args, None, done)
+    out = tmp_path / "check.json"
+    assert not skippable("stage1_check", ["x"], out, {"stage1_check": ["x"]})
+    out.write_text("{}")
+    assert skippable("stage1_check", ["x"], out, {"stage1_check": ["x"]})
