@@ -5,6 +5,8 @@ and determinism: common/datasets/shard_writer.py). Images keep their encoded byt
     python scripts/make_shards.py --source folder:PATH --out data/mine      # PATH/<class>/<image>
     python scripts/make_shards.py --source csv:captions.csv --out data/mine --workers 8 \
         --image-column filepath --caption-column title                       # rows: image path, caption
+    python scripts/make_shards.py --source shards:/data/laion --out data/mine  # existing shards, re-split
+    python scripts/make_shards.py --source images:/data/photos --out data/pool --test-fraction 0  # images only
     python scripts/make_shards.py --source imagefolder-val:/data/imagenet/val --classnames openai_imagenet \
         --templates openai_imagenet --layout clip_benchmark --out data/imagenet-val   # a zero-shot set
 """
@@ -23,7 +25,8 @@ from common.datasets.shard_writer import ShardOptions, make_shards, shards_compl
 def parse_args(argv: list[str] | None) -> ShardOptions:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", required=True,
-                        help="fashion-mnist[:ROOT] | folder:PATH | csv:FILE | imagefolder-val:PATH")
+                        help="fashion-mnist[:ROOT] | folder:PATH | csv:FILE | shards:SPEC | images:PATH (no labels, no "
+                             "captions: a stage-1 image pool) | imagefolder-val:PATH")
     parser.add_argument("--out", required=True, help="output folder (train/, test/, classnames.txt, …)")
     parser.add_argument("--samples-per-shard", type=int, default=5000)
     parser.add_argument("--max-train", type=int, default=None, help="seeded random subset of the train split")

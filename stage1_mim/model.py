@@ -15,7 +15,6 @@ from timm.models._manipulate import checkpoint
 from torch import nn
 
 
-
 class MaskedEvaStudent(nn.Module):
     """`forward(images [B,3,H,W], mask [B,N] bool | None) -> [B, N, target_dim]` patch-token predictions.
 

@@ -21,6 +21,7 @@ from torch import nn
 from common.errors import ConfigError
 from common.train.compile import compile_in_place
 from common.weights.safe_load import require_tensors_only
+from stage1_mim.teacher_cache import require_open_clip_export
 
 log = logging.getLogger("evaclip")
 
@@ -39,6 +40,8 @@ def _require_tensors_only_teacher(model: str, weights: str) -> None:
 
 def load_open_clip(model: str, weights: str = "") -> tuple[nn.Module, dict]:
     """(model, preprocess_cfg) from a `local-dir:` folder or a built-in name + local weights file."""
+    if model.startswith("local-dir:"):
+        require_open_clip_export(model[len("local-dir:"):], flag="teacher.model=local-dir:")
     _require_tensors_only_teacher(model, weights)
     if model.startswith("local-dir:"):
         clip = open_clip.create_model(model)

@@ -12,7 +12,6 @@ import re
 from typing import Any
 
 import open_clip
-import torch
 from open_clip.model import CustomTextCLIP
 from torch import nn
 

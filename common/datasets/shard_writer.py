@@ -27,7 +27,8 @@ from typing import Any, Callable, Iterator, Literal, Optional, Protocol, Union
 import numpy as np
 
 from common.datasets.sources import (SEED_PURPOSE, CsvColumns, EmptySourceError, EncodedImage, Record, Source,
-                                     csv_source, fashion_mnist_source, folder_source, imagefolder_val_source)
+                                     csv_source, fashion_mnist_source, folder_source, imagefolder_val_source,
+                                     images_source, shards_source)
 
 log = logging.getLogger("evaclip")
 
@@ -39,7 +40,8 @@ Layout = Literal["evaclip", "clip_benchmark"]
 
 @dataclass
 class ShardOptions:
-    source: str                       # fashion-mnist[:ROOT] | folder:PATH | csv:FILE | imagefolder-val:PATH
+    source: str                       # fashion-mnist[:ROOT] | folder:PATH | csv:FILE | shards:SPEC | images:PATH
+                                      # | imagefolder-val:PATH
     out: str
     samples_per_shard: int = 5000
     max_train: Optional[int] = None   # None: all
@@ -82,8 +84,12 @@ def open_source(opts: ShardOptions) -> Source:
         return csv_source(Path(arg), opts.test_fraction, opts.seed, columns, opts.resize)
     if kind == "imagefolder-val" and arg:
         return imagefolder_val_source(Path(arg), opts.classnames, opts.resize)
-    raise ValueError(f"unknown --source '{opts.source}' — use fashion-mnist, folder:PATH, csv:FILE or "
-                     "imagefolder-val:PATH")
+    if kind == "images" and arg:
+        return images_source(Path(arg), opts.resize)
+    if kind == "shards" and arg:
+        return shards_source(arg, opts.test_fraction, opts.seed)
+    raise ValueError(f"unknown --source '{opts.source}' — use fashion-mnist, folder:PATH, csv:FILE, shards:SPEC, "
+                     "images:PATH or imagefolder-val:PATH")
 
 
 # ---- loading (in worker processes) ---------------------------------------------------------------
@@ -126,9 +132,10 @@ def _write_order(records: list[Record], limit: Optional[int], seed: int, split: 
 
 
 def write_split(records: list[Record], out_dir: Path, split: str, samples_per_shard: int,
-                bar: ProgressBar, workers: int = 1, layout: Layout = "evaclip") -> dict[str, int]:
+                bar: Optional[ProgressBar] = None, workers: int = 1, layout: Layout = "evaclip") -> dict[str, int]:
     """Load and write `records` in the given order; bad images are skipped and counted."""
     import webdataset as wds  # imports torch: kept off the fast "already complete" path
+    bar = bar or NoBar()
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in [*out_dir.glob("*.tar"), out_dir / "sizes.json", out_dir / "nshards.txt"]:
         old.unlink(missing_ok=True)

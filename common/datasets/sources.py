@@ -4,6 +4,10 @@
     folder:PATH            PATH/<class name>/**/<image>; class ids follow the sorted folder names
     csv:FILE               rows of (image path, caption); columns named or the first two; rows that repeat
                            an image add captions to it
+    shards:SPEC            existing webdataset shards (img2dataset's, ours): image bytes, `cls` and `txt` as
+                           they are, class names from a `classnames.txt` beside them
+    images:PATH            every image under PATH, no label, no caption, all in the train split: an image
+                           pool for stage 1
     imagefolder-val:PATH   PATH/<synset>/<image> (ImageNet's val layout) with a `--classnames` mapping file
                            (`SYNSET name` a line; its line number is the label) or `openai_imagenet`
                            (open_clip's 1000 ImageNet class names, in sorted-synset order)
@@ -20,7 +24,7 @@ import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -148,6 +152,54 @@ def folder_source(path: Path, test_fraction: float, seed: int, resize: Optional[
         raise EmptySourceError(f"no images found in folder:{path} — expected {path}/<class name>/<image>"
                                f"{{{','.join(sorted(IMAGE_EXTS))}}}")
     return Source(holdout(records, test_fraction, seed), [d.name for d in class_dirs])
+
+
+def images_source(path: Path, resize: Optional[int] = None) -> Source:
+    """PATH/**/<image>, unlabelled and uncaptioned, one "train" split (stage 1's image pool)."""
+    if not path.is_dir():
+        raise FileNotFoundError(f"images source {path} is not a directory")
+    records = [Record(i, functools.partial(file_image, p, resize)) for i, p in enumerate(_image_files(path))]
+    if not records:
+        raise EmptySourceError(f"no images found under images:{path}")
+    return Source({"train": records})
+
+
+def read_samples(shards: str) -> list[dict[str, Any]]:
+    """Every sample of `shards` (a folder, pattern or list) in shard order, undecoded: `{image key: bytes,
+    "cls"?: int, "txt"?: str}`; samples without an image are left out."""
+    import webdataset as wds
+
+    from common.data.samples import IMAGE_KEYS
+    from common.data.shard_list import resolve_shards
+    out = []
+    for raw in wds.WebDataset(resolve_shards(shards), shardshuffle=False, empty_check=False):
+        key = next((k for k in IMAGE_KEYS if k in raw), None)
+        if key is None:
+            continue
+        sample: dict[str, Any] = {key: raw[key]}
+        if "cls" in raw:
+            sample["cls"] = int(raw["cls"])
+        if "txt" in raw:
+            sample["txt"] = raw["txt"].decode("utf-8")
+        out.append(sample)
+    return out
+
+
+def sample_record(index: int, sample: dict[str, Any], keep_text: bool = True) -> Record:
+    """A `read_samples` sample as a record that loads its bytes as they are (`keep_text`: its label and
+    captions too)."""
+    key = next(k for k in sample if k not in ("cls", "txt"))
+    captions = tuple(line for line in sample.get("txt", "").splitlines() if line.strip()) if keep_text else ()
+    return Record(index, lambda: (key, sample[key]), sample.get("cls") if keep_text else None, captions)
+
+
+def shards_source(spec: str, test_fraction: float, seed: int) -> Source:
+    """Existing webdataset shards re-split: a seeded holdout, samples as they are."""
+    from common.data.shard_list import read_classnames
+    records = [sample_record(i, s) for i, s in enumerate(read_samples(spec))]
+    if not records:
+        raise EmptySourceError(f"no samples with an image in shards:{spec}")
+    return Source(holdout(records, test_fraction, seed), read_classnames(spec))
 
 
 def read_synset_mapping(spec: str, synsets: list[str]) -> tuple[dict[str, int], list[str]]:

@@ -123,6 +123,7 @@ def gpu_decode_rate(urls: list[str], image_size: int, batch_size: int, batches: 
     if not torch.cuda.is_available():
         return "not measured: no CUDA device"
     import tarfile
+
     from torchvision.io import decode_jpeg
     from torchvision.transforms import v2
     raw = []

@@ -16,8 +16,8 @@ import time
 from dataclasses import replace
 
 import torch
-
 from bench_train_step import batches, prebuilt_stage2_task  # scripts/bench/ is on sys.path as a script
+
 from common.config.schema import load_config
 from common.train.engine import Trainer
 from stage2_contrastive.config import Stage2Config

@@ -128,6 +128,7 @@ def open_clip_step(cfg: Stage2Config, prebuilt: list[dict], device: torch.device
     import math
 
     from open_clip.loss import ClipLoss, SigLipLoss
+
     from stage2_contrastive.model import build_clip
     from stage2_contrastive.objective import Objective
     torch.manual_seed(0)
@@ -267,6 +268,7 @@ def profile_step(step: Callable[[], Any], rows: int = 0) -> float:
     """Profile 2 calls of `step`: the share of self time (CUDA time on a GPU) spent in COPY_OPS, and, if
     `rows`, the top `rows` ops by that time printed to stderr."""
     import sys
+
     from torch.profiler import ProfilerActivity, profile
     cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])

@@ -22,9 +22,9 @@ from safetensors.torch import load_file
 
 from common.artifacts import complete_checkpoints
 from common.errors import UnsafeFileError
-from tests.support.tiny import TINY_STAGE2
 from tests.support.launch import ROOT, subprocess_env, torchrun
 from tests.support.run_records import loss_records, losses, start_records
+from tests.support.tiny import TINY_STAGE2
 
 pytestmark = pytest.mark.slow
 CONFIG = "configs/stage2/fmnist_tiny.yaml"

@@ -14,8 +14,8 @@ import pytest
 
 from common.artifacts import complete_checkpoints, read_metrics
 from common.train.preemption import REQUEUE_EXIT_STATUS
-from tests.support.tiny import TINY_STAGE2
 from tests.support.launch import ROOT, free_port, subprocess_env
+from tests.support.tiny import TINY_STAGE2
 
 pytestmark = pytest.mark.slow
 TORCHRUN = ["--nproc_per_node=2", "--master_addr=127.0.0.1"]

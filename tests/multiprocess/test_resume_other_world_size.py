@@ -11,11 +11,10 @@ each segment started, on how many processes, what its data stream drew and at wh
 """
 from __future__ import annotations
 
-import shutil
 import subprocess
 from dataclasses import dataclass
-from types import SimpleNamespace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable
 
 import pytest

@@ -13,7 +13,6 @@ from PIL import Image
 
 from common.datasets import sources
 from common.datasets.fashion_mnist import locate_fashion_mnist
-
 from scripts.make_shards import main as make_shards_cli
 from tests.support.image_sources import CLASSES, make_folder_source, read_shards, write_csv
 

@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 from common.artifacts import TRUNK_FILE
-from common.weights.formats import TrunkInfo, read_trunk_info
 from common.vision.trunk import create_eva_trunk
+from common.weights.formats import TrunkInfo, read_trunk_info
 from stage1_mim.config import Stage1Config, StudentConfig
 from stage1_mim.model import MaskedEvaStudent
 from stage1_mim.task import MimTask

@@ -16,18 +16,9 @@ from common.data import shard_list, streams
 from common.data.streams import StreamSource, make_train_loader
 from common.datasets.shard_writer import NoBar, write_split
 from common.datasets.sources import Record
-from tests.support.shards import (
-    N_SHARDS,
-    PER_SHARD,
-    fail_on_multiples_of_7,
-    garbage_png,
-    id_records,
-    identify,
-    ids,
-    take,
-    train_loader,
-    write_id_shards,
-)
+from tests.support.shards import (N_SHARDS, PER_SHARD, fail_on_multiples_of_7, garbage_png, id_records, identify, ids,
+                                  take, train_loader, write_id_shards)
+
 
 def test_train_loader_is_deterministic_for_a_seed(id_shards):
     first, again = take(train_loader(id_shards), 3), take(train_loader(id_shards), 3)

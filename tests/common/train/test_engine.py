@@ -29,7 +29,6 @@ from safetensors.torch import load_file
 from torch import nn
 
 from common import stop_signals
-
 from common.artifacts import complete_checkpoints, read_metrics
 from common.config.schema import load_config
 from common.train.engine import Trainer, train

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-from common.artifacts import read_metrics
 from common.config.schema import load_config
 from common.errors import ConfigError
 from common.train.spike_guard import LossSpikeError

@@ -22,8 +22,8 @@ from common.config.schema import load_config
 from common.train.engine import Trainer
 from stage2_contrastive.config import Stage2Config
 from stage2_contrastive.task import ContrastiveTask
-from tests.support.tiny import TINY_STAGE2
 from tests.support.launch import ROOT
+from tests.support.tiny import TINY_STAGE2
 
 ACCUM, GROUP_BATCH = 4, 8  # K, and the per-rank contrastive batch K·B
 KINDS = ("softmax", "sigmoid")

@@ -20,8 +20,8 @@ from common.config.schema import load_config
 from common.train.accelerator import make_accelerator, run_context
 from stage2_contrastive.config import Stage2Config
 from stage2_contrastive.task import ContrastiveTask
-from tests.support.tiny import TINY_STAGE2
 from tests.support.launch import ROOT
+from tests.support.tiny import TINY_STAGE2
 
 GLOBAL_BATCH = 8
 KINDS = ("softmax", "sigmoid")

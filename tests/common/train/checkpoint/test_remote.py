@@ -13,11 +13,11 @@ import pytest
 from common.artifacts import ENGINE_STATE_FILE
 from common.config.schema import load_config, validate_run
 from common.errors import ConfigError
-from common.train.engine import train
 from common.train.checkpoint.remote import RemoteRun
-from tests.support.tiny import single_process_run
+from common.train.engine import train
 from tests.support.run_records import assert_resumed_exactly
 from tests.support.tasks.stream_task import StreamConfig, StreamTask
+from tests.support.tiny import single_process_run
 
 STEPS, SAVE_EVERY = 4, 2
 
