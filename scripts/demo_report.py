@@ -277,47 +277,5 @@ def crossover_markdown(results: dict[str, Any], images: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def demo_rows(results: dict[str, Any], regime: str, groups: tuple[str, ...]) -> list[str]:
-    """The demo table's rows of one regime's recipe: its teacher's own score, then each group's result."""
-    e, t = results.get("teacher_eval") or {}, results.get("teacher", {})
-    teacher = f"{regime}, {t.get('steps', '?')} steps ({100 * e.get('zeroshot_top1', float('nan')):.2f} % own)"
-    rows = []
-    for group in (g for g in groups if g in results):
-        r = results[group]
-        per_seed = ", ".join(f"{100 * v:.2f}" for v in r["zero_shot_top1"])
-        rows.append(f"| {teacher} | {group} | {len(r['runs'])} | {r['steps'][0]} | {r['student_steps']} | "
-                    f"**{spread(r['zero_shot_top1'])}** ({per_seed}) | {statistics.fmean(r['cpu_s']):.0f} |")
-        teacher = ""
-    return rows
-
-
-def recipe_cost(demo: Path) -> tuple[float, float]:
-    """(wall s, CPU s) of a recipe's last call (`last_call.json`: the steps it ran, the report's excepted)."""
-    call = read_json(demo / "last_call.json") or {}
-    return call.get("wall_s", 0.0), call.get("cpu_s", 0.0)
-
-
-def write_demo_summary(headline: Path, counter: Path) -> str:
-    """`HEADLINE/demo.md`: the reference-teacher regime (its `--init` and the equal-student control) with the
-    bootstrapped-teacher counter-case below it, and what the demo cost. Returns the text."""
-    h, c = read_json(headline / "results.json"), read_json(counter / "results.json")
-    t = h.get("teacher", {})
-    made = "made by this run" if t.get("made_now") else "reused from the cache (made earlier)"
-    (hw, hc), (cw, cc) = recipe_cost(headline), recipe_cost(counter)
-    lines = ["# evaclip demo: the regime the recipe is for", "", intro(h), "",
-             "| teacher (its own zero-shot) | run | seeds | stage-2 steps | student steps | zero-shot top-1 "
-             "| CPU s / run |", "|---|---|---|---|---|---|---|",
-             *demo_rows(h, "reference", ("init", "scratch_equal_student", "init_sigmoid")),
-             *demo_rows(c, "bootstrapped (counter-case)", ("init",)), "",
-             f"Reference teacher `{t.get('entry')}`: {made}; making it took {t.get('wall_s')} s wall, "
-             f"{t.get('cpu_s')} CPU s. This call: headline {hw:.0f} s wall / {hc:.0f} CPU s, counter-case "
-             f"{cw:.0f} s wall / {cc:.0f} CPU s, up to the report (steps an earlier call finished with the same "
-             "arguments are not rerun: `--fresh` reruns them).", "", f"Reports: [{headline.name}/report.md](report.md), "
-             f"[{counter.name}/report.md]({counter.relative_to(headline)}/report.md)"]
-    text = "\n".join(lines) + "\n"
-    (headline / "demo.md").write_text(text)
-    return text
-
-
 if __name__ == "__main__":
     sys.exit(main())
