@@ -68,7 +68,8 @@ class MimTask:
         return groups + [{"params": [model.mask_token], "weight_decay": 0.0, "lr_scale": 1.0}]
 
     # ---- data --------------------------------------------------------------------------------
-    def _train_sample(self, image: Image.Image, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def train_sample(self, image: Image.Image, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """One training sample of a decoded image (its captions unused): `image` [3, H, W], `mask` [N] bool."""
         rng = np.random.default_rng(int(torch.randint(0, 2**62, ())))  # torch RNG: seeded per worker
         mask = torch.from_numpy(self.masker(rng).reshape(-1))
         return {"image": self.train_tf(image), "mask": mask}
@@ -85,7 +86,7 @@ class MimTask:
         return sample
 
     def train_batches(self, seed: int) -> Iterator[dict[str, Any]]:
-        return self.data.train_batches(self._train_sample, seed)
+        return self.data.train_batches(self.train_sample, seed)
 
     # ---- step --------------------------------------------------------------------------------
     def training_loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict]:

@@ -78,7 +78,8 @@ class ContrastiveTask:
         return groups + [{"params": scalars, "weight_decay": 0.0, "lr_scale": 1.0}]
 
     # ---- data --------------------------------------------------------------------------------
-    def _train_sample(self, image: Image.Image, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def train_sample(self, image: Image.Image, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """One training pair: `image` [3, H, W] and `text` [context_length] token ids of one caption."""
         caption = caption_of(meta, self.data.train_classnames(meta), self.templates, None)
         return {"image": self.train_tf(image), "text": self.tokenizer([caption])[0]}
 
@@ -94,7 +95,7 @@ class ContrastiveTask:
         return sample
 
     def train_batches(self, seed: int) -> Iterator[dict[str, Any]]:
-        return self.data.train_batches(self._train_sample, seed)
+        return self.data.train_batches(self.train_sample, seed)
 
     # ---- step --------------------------------------------------------------------------------
     def training_loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict]:

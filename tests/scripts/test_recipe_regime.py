@@ -86,8 +86,8 @@ def test_stage1_is_fed_no_caption(fmnist_shards, tmp_path):
         f"teacher.model=local-dir:{tmp_path / 'teacher'}", f"data.train_shards={tmp_path / 'pool' / 'train'}",
         f"data.eval_shards={fmnist_shards / 'test'}", "data.num_workers=0", "train.batch_size=8"])
     task = MimTask(cfg, single_process_run(8))
-    seen, sample = [], task._train_sample
-    task._train_sample = lambda image, meta: seen.append(meta) or sample(image, meta)
+    seen, sample = [], task.train_sample
+    task.train_sample = lambda image, meta: seen.append(meta) or sample(image, meta)
     batch = next(iter(task.train_batches(seed=0)))
     assert batch["image"].shape == (8, 3, 56, 56) and len(seen) >= 8
     assert all(m["txt"] is None and m["captions"] == [] and m["cls"] is None for m in seen)
