@@ -162,10 +162,14 @@ def main(argv: list[str] | None = None) -> int:
     results = collect(demo)
     (demo / "results.json").write_text(json.dumps(results, indent=2))
     if "captions" in results:
-        images = [crossover_plot(demo, results)]
+        arms = {label: (mean_std(init), mean_std(ctrl)) for label, (init, ctrl) in crossover_arms(results).items()}
+        own = (results.get("teacher_eval") or {}).get("zeroshot_top1")
+        images = [crossover_plot(demo, arms, own, results.get("recipe", {}).get("source", ""))]
         text = crossover_markdown(results, images)
     else:
-        images = run_plots(demo, group_runs(demo), {n: demo / n for n in SHARED_RUNS if (demo / n).is_dir()})
+        runs = [(group, path.name, curves(path)) for group, paths in group_runs(demo).items() for path in paths]
+        runs += [(None, n, curves(demo / n)) for n in SHARED_RUNS if (demo / n).is_dir()]
+        images = run_plots(demo, runs)
         text = report_markdown(results, images)
     (demo / "report.md").write_text(text)
     print(text)
