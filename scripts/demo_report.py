@@ -164,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     if "captions" in results:
         arms = {label: (mean_std(init), mean_std(ctrl)) for label, (init, ctrl) in crossover_arms(results).items()}
         own = (results.get("teacher_eval") or {}).get("zeroshot_top1")
-        images = [crossover_plot(demo, arms, own, results.get("recipe", {}).get("source", ""))]
+        source = results.get("recipe", {}).get("source", "")
+        images = [crossover_plot(demo, arms, own, source)] if arms else []  # no arm pair ran: nothing to draw
         text = crossover_markdown(results, images)
     else:
         runs = [(group, path.name, curves(path)) for group, paths in group_runs(demo).items() for path in paths]
