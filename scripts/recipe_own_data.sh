@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The two-stage recipe on your own data (docs/RESULTS_REGIME.md, "Your own data"): set up .venv if needed, then
+# The two-stage recipe on your own data (README, "Your own data"): set up .venv if needed, then
 #   shards → stage 1's image pool + stage 2's caption set → teacher → stage 1 (images only) →
 #   stage 2 --init + scratch controls (the caption set) → export → zero-shot on the held-out split → report.
 #
