@@ -57,6 +57,7 @@ def crossover_plot(demo: Path, arms: dict[str, tuple[Arm, Arm]], own: Optional[f
     if own is not None:
         ax.axhline(100 * own, color="gray", linestyle=":", label=f"teacher's own ({100 * own:.1f} %)")
     ax.set_xscale("log")
+    ax.minorticks_off()  # the log axis' minor labels (3×10², …) would overlap the caption counts
     ax.set_xticks(list(xs.values()), list(xs))
     ax.set(xlabel="caption pairs N for stage 2 ('all': every pair)", ylabel="zero-shot top-1 (%)",
            title=f"{source}: --init vs scratch at equal student compute")
