@@ -19,8 +19,10 @@ Scratch controls (all stage 2 from random init, same batch, config and caption s
   scratch_equal_student   stage-1 + stage-2 steps: the student's whole budget, the teacher taken as given
   scratch_equal_total     teacher + stage-1 + stage-2 steps (not for a given teacher: its steps are unknown)
 and, on request (--sigmoid-seeds), the --init run with the sigmoid loss. Several `--captions` counts run
-the students of each in `OUT/captions_N/` (one teacher, one stage 1; all pairs alone: OUT itself). A step whose arguments match a finished
-one of an earlier call of the same OUT is not run again (`--fresh`: run everything).
+the students of each in `OUT/captions_N/` (one teacher, one stage 1; all pairs alone: OUT itself). A step whose
+arguments match a finished one of an earlier call of the same OUT is not run again (`--fresh`: run everything).
+`--jobs J` runs up to J steps at once as their inputs are ready (scripts/recipe_runner.py; default: one per
+CPU core, each with its share of the cores' threads), e.g. the scratch controls beside the teacher and stage 1.
 
     python scripts/recipe.py --source folder:PATH --out runs/own_data --data data/own_data
     scripts/recipe_own_data.sh PATH          (sets up .venv first)
@@ -29,20 +31,18 @@ one of an earlier call of the same OUT is not run again (`--fresh`: run everythi
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import resource
-import subprocess
+import os
 import sys
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
-ROOT = Path(__file__).resolve().parents[1]
+# scripts/ is on sys.path when this runs as a script
+from recipe_runner import Ledger, Step, StepFailed, execute
+
 STAGE1_CFG, STAGE2_CFG = "configs/stage1/fmnist_tiny.yaml", "configs/stage2/fmnist_tiny.yaml"
 DEFAULT_CACHE = Path.home() / ".cache" / "evaclip" / "teachers"  # stage1_mim.teacher_cache.DEFAULT_CACHE
-Step = tuple[str, list[str], "Path | None"]  # (name, python arguments, file for its stdout or None)
 TEACHERS = ("reference", "bootstrap")  # or local-dir:PATH
 
 
@@ -92,25 +92,6 @@ class Recipe:
     teacher_cache: Path = DEFAULT_CACHE
 
 
-def run_step(name: str, args: list[str], stdout_file: Path | None = None) -> tuple[float, float]:
-    """Run one step as a subprocess (its progress bar stays visible); returns (wall seconds, CPU seconds of
-    it and every process it waited for: user + system)."""
-    print(f"\n=== [{name}] python {' '.join(args)}", flush=True)
-    start, cpu = time.perf_counter(), _children_cpu()
-    with stdout_file.open("w") if stdout_file is not None else contextlib.nullcontext() as out:
-        code = subprocess.run([sys.executable, *args], cwd=ROOT, stdout=out).returncode
-    seconds, cpu = time.perf_counter() - start, _children_cpu() - cpu
-    if code != 0:
-        raise RuntimeError(f"step '{name}' failed (exit code {code}) — its output is above")
-    print(f"=== [{name}] done in {seconds:.0f} s ({cpu:.0f} CPU s)", flush=True)
-    return seconds, cpu
-
-
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def count_label(n: Optional[int]) -> str:
     return "all" if n is None else str(n)
 
@@ -130,29 +111,35 @@ def data_overrides(r: Recipe, train: Path) -> list[str]:
     return [f"data.train_shards={train}", f"data.eval_shards={r.data / 'test'}", *r.sizes.run_overrides()]
 
 
-def stage2(r: Recipe, folder: Path, name: str, steps: int, seed: int, train: Path, *extra: str) -> Step:
+def stage2(r: Recipe, folder: Path, name: str, steps: int, seed: int, train: Path, *extra: str,
+           after: tuple[str, ...]) -> Step:
     """One stage-2 run named `name` (its folder under `folder`) on the shards `train`; a student's run (any
     but the teacher) takes `student_set` too."""
     student = r.student_set if name != "teacher" else ()
     args = ["-m", "stage2_contrastive.train", "--config", r.stage2_config, *extra, f"train.output_dir={folder / name}",
             f"train.steps={steps}", f"train.seed={seed}", *data_overrides(r, train), *r.stage2_set, *student]
-    return name if folder == r.out else f"{folder.name}/{name}", args, None
+    return Step(stage2_name(r, folder / name), tuple(args), after=after)
+
+
+def caption_step(r: Recipe, n: Optional[int]) -> tuple[str, ...]:
+    """The step that writes the caption set of `n` pairs (all: the shards themselves)."""
+    return ("data",) if n is None else (f"captions_{n}",)
 
 
 def data_steps(r: Recipe) -> list[Step]:
     """Shards of the source, stage 1's image pool, and every caption set."""
-    steps: list[Step] = [("data", ["scripts/make_shards.py", "--source", r.source, "--out", str(r.data),
-                                   *r.sizes.data], None)]
-    images = r.data / "train"
+    steps = [Step("data", ("scripts/make_shards.py", "--source", r.source, "--out", str(r.data), *r.sizes.data))]
+    images, made_by = r.data / "train", "data"
     if r.pool:
-        steps.append(("pool_data", ["scripts/make_shards.py", "--source", r.pool, "--out", str(r.data / "pool_source"),
-                                    "--test-fraction", "0"], None))
-        images = r.data / "pool_source" / "train"
-    steps.append(("pool", ["-m", "common.datasets.subsets", "pool", str(images), str(r.data / "pool")], None))
+        steps.append(Step("pool_data", ("scripts/make_shards.py", "--source", r.pool, "--out",
+                                        str(r.data / "pool_source"), "--test-fraction", "0")))
+        images, made_by = r.data / "pool_source" / "train", "pool_data"
+    steps.append(Step("pool", ("-m", "common.datasets.subsets", "pool", str(images), str(r.data / "pool")),
+                      after=(made_by,)))
     for n in (n for n in r.captions if n is not None):
-        steps.append((f"captions_{n}", ["-m", "common.datasets.subsets", "captions", str(r.data / "train"),
-                                        str(caption_shards(r, n).parent), "--n", str(n),
-                                        "--seed", str(r.captions_seed)], None))
+        steps.append(Step(f"captions_{n}", ("-m", "common.datasets.subsets", "captions", str(r.data / "train"),
+                                            str(caption_shards(r, n).parent), "--n", str(n),
+                                            "--seed", str(r.captions_seed)), after=("data",)))
     return steps
 
 
@@ -163,13 +150,15 @@ def teacher_steps(r: Recipe) -> tuple[list[Step], str]:
     export = r.out / "teacher_export"
     if r.teacher == "reference":
         sets = [*r.sizes.run_overrides(), *r.stage2_set]
-        return [("teacher", ["scripts/reference_teacher.py", "--shards", str(r.data / "train"), "--eval-shards",
-                             str(r.data / "test"), "--out", str(r.out), "--config", r.stage2_config, "--steps",
-                             str(r.sizes.reference_steps), "--seed", "0", "--cache", str(r.teacher_cache),
-                             "--set", *sets], None)], f"local-dir:{export}"
-    made = stage2(r, r.out, "teacher", r.sizes.teacher_steps, r.seeds[0], caption_shards(r, r.captions[0]))
-    return [made, ("teacher_export", ["scripts/export_open_clip.py", str(r.out / "teacher"), str(export)], None)], \
-        f"local-dir:{export}"
+        return [Step("teacher", ("scripts/reference_teacher.py", "--shards", str(r.data / "train"), "--eval-shards",
+                                 str(r.data / "test"), "--out", str(r.out), "--config", r.stage2_config, "--steps",
+                                 str(r.sizes.reference_steps), "--seed", "0", "--cache", str(r.teacher_cache),
+                                 "--set", *sets), after=("data",))], f"local-dir:{export}"
+    made = stage2(r, r.out, "teacher", r.sizes.teacher_steps, r.seeds[0], caption_shards(r, r.captions[0]),
+                  after=caption_step(r, r.captions[0]))
+    export_step = Step("teacher_export", ("scripts/export_open_clip.py", str(r.out / "teacher"), str(export)),
+                       after=("teacher",))
+    return [made, export_step], f"local-dir:{export}"
 
 
 def teacher_total_steps(r: Recipe) -> Optional[int]:
@@ -181,106 +170,77 @@ def student_runs(r: Recipe, n: Optional[int]) -> list[Step]:
     """Stage 2 `--init` and its scratch controls on the caption set of `n` pairs, seed by seed."""
     s, init, folder, train = r.sizes, ("--init", str(r.out / "stage1")), students_dir(r, n), caption_shards(r, n)
     student, teacher = s.stage1_steps + s.stage2_steps, teacher_total_steps(r)
+    data, from_stage1 = caption_step(r, n), (*caption_step(r, n), "stage1")
     steps: list[Step] = []
     for i, seed in enumerate(r.seeds):
-        steps.append(stage2(r, folder, f"init_seed{seed}", s.stage2_steps, seed, train, *init))
+        steps.append(stage2(r, folder, f"init_seed{seed}", s.stage2_steps, seed, train, *init, after=from_stage1))
         if i < s.scratch_seeds:
-            steps.append(stage2(r, folder, f"scratch_seed{seed}", s.stage2_steps, seed, train))
+            steps.append(stage2(r, folder, f"scratch_seed{seed}", s.stage2_steps, seed, train, after=data))
         if i < s.sigmoid_seeds:
             steps.append(stage2(r, folder, f"init_sigmoid_seed{seed}", s.stage2_steps, seed, train, *init,
-                                "loss=sigmoid"))
+                                "loss=sigmoid", after=from_stage1))
         if i < s.control_seeds:
-            steps.append(stage2(r, folder, f"scratch_equal_student_seed{seed}", student, seed, train))
+            steps.append(stage2(r, folder, f"scratch_equal_student_seed{seed}", student, seed, train, after=data))
         if i < s.total_seeds and teacher is not None:
-            steps.append(stage2(r, folder, f"scratch_equal_total_seed{seed}", teacher + student, seed, train))
+            steps.append(stage2(r, folder, f"scratch_equal_total_seed{seed}", teacher + student, seed, train,
+                                after=data))
     return steps
 
 
 def plan(r: Recipe) -> list[Step]:
-    """Every step of the recipe, in order."""
+    """Every step of the recipe, in order (each after the steps it reads)."""
     make, model = teacher_steps(r)
+    teacher = tuple(step.name for step in make[-1:])  # the step that leaves the teacher's export
     steps: list[Step] = [*data_steps(r), *make]
-    steps += [("teacher_eval", eval_args(model, r), r.out / "teacher_eval.json"),
-              ("stage1", ["-m", "stage1_mim.train", "--config", r.stage1_config, f"teacher.model={model}",
-                          f"train.output_dir={r.out / 'stage1'}", f"train.steps={r.sizes.stage1_steps}",
-                          *data_overrides(r, r.data / "pool" / "train"), *r.stage1_set], None),
-              ("stage1_check", ["scripts/stage1_check.py", str(r.out / "stage1")], r.out / "stage1_check.json")]
+    steps += [eval_step("teacher_eval", model, r, after=("data", *teacher)),
+              Step("stage1", ("-m", "stage1_mim.train", "--config", r.stage1_config, f"teacher.model={model}",
+                              f"train.output_dir={r.out / 'stage1'}", f"train.steps={r.sizes.stage1_steps}",
+                              *data_overrides(r, r.data / "pool" / "train"), *r.stage1_set),
+                   after=("pool", *teacher)),
+              Step("stage1_check", ("scripts/stage1_check.py", str(r.out / "stage1")), r.out / "stage1_check.json",
+                   after=("stage1",))]
     for n in r.captions:
         steps += student_runs(r, n)
     first = students_dir(r, r.captions[0]) / f"init_seed{r.seeds[0]}"
-    steps += [("export", ["scripts/export_open_clip.py", str(first), str(r.out / "export")], None),
-              ("export_eval", eval_args(f"local-dir:{r.out / 'export'}", r), r.out / "export_eval.json"),
-              ("report", ["scripts/demo_report.py", str(r.out)], None)]
-    return steps
+    steps += [Step("export", ("scripts/export_open_clip.py", str(first), str(r.out / "export")),
+                   after=(stage2_name(r, first),)),
+              eval_step("export_eval", f"local-dir:{r.out / 'export'}", r, after=("export",))]
+    return [*steps, Step("report", ("scripts/demo_report.py", str(r.out)), after=tuple(s.name for s in steps),
+                         always=True)]
 
 
-def eval_args(model: str, r: Recipe) -> list[str]:
-    """scripts/eval_zeroshot.py of `model` on the first `eval_samples` held-out images."""
-    return ["scripts/eval_zeroshot.py", "--model", model, "--data", str(r.data / "test"),
-            "--max-samples", str(r.sizes.eval_samples)]
+def stage2_name(r: Recipe, folder: Path) -> str:
+    """The step name of the stage-2 run in `folder`."""
+    return folder.name if folder.parent == r.out else f"{folder.parent.name}/{folder.name}"
 
 
-def skippable(name: str, args: list[str], stdout_file: Path | None, done: dict[str, list[str]]) -> bool:
-    """A step an earlier call finished with the same arguments: a training run whose last checkpoint (written
-    after its final eval) is complete, or a step whose output file is there."""
-    if done.get(name) != args:
-        return False
-    output_dir = next((a.split("=", 1)[1] for a in args if a.startswith("train.output_dir=")), None)
-    if output_dir is None:
-        return stdout_file is not None and stdout_file.is_file() and stdout_file.stat().st_size > 0
-    from common.artifacts import checkpoint_dir, complete_checkpoints
-    steps = int(next(a.split("=", 1)[1] for a in args if a.startswith("train.steps=")))
-    return checkpoint_dir(output_dir, steps) in complete_checkpoints(output_dir)
+def eval_step(name: str, model: str, r: Recipe, after: tuple[str, ...]) -> Step:
+    """scripts/eval_zeroshot.py of `model` on the first `eval_samples` held-out images (skipped when the data
+    have no class names)."""
+    return Step(name, ("scripts/eval_zeroshot.py", "--model", model, "--data", str(r.data / "test"), "--max-samples",
+                       str(r.sizes.eval_samples)), r.out / f"{name}.json", after=after,
+                requires=r.data / "classnames.txt", why=f"{r.source} has no class names (zero-shot needs them)")
 
 
-def run(r: Recipe, fresh: bool = False) -> int:
-    """Run every step (skipping those an earlier call finished with the same arguments, unless `fresh`); each
-    one's wall and CPU seconds go to `OUT/step_times.json` (the report reads them), this call's totals to
-    `OUT/last_call.json`."""
-    from common.errors import BadInputError
-    r.out.mkdir(parents=True, exist_ok=True)
-    (r.out / "recipe.json").write_text(json.dumps(recipe_record(r), indent=2))
-    times_file, done_file = r.out / "step_times.json", r.out / "steps_done.json"
-    times = {} if fresh or not times_file.is_file() else json.loads(times_file.read_text())
-    done = {} if fresh or not done_file.is_file() else json.loads(done_file.read_text())
-    call = {"wall_s": 0.0, "cpu_s": 0.0, "run": [], "skipped": []}
-    start, cpu = time.perf_counter(), _children_cpu()
+def run(r: Recipe, fresh: bool = False, jobs: int = 1) -> int:
+    """Run every step of `r` (`run_recipes`)."""
+    return run_recipes([r], fresh, jobs)
+
+
+def run_recipes(recipes: list[Recipe], fresh: bool = False, jobs: int = 1) -> int:
+    """Run every step of the recipes as one plan (`recipe_runner.execute`: the steps they share once, skipping
+    those an earlier call finished with the same arguments unless `fresh`); one line on stderr naming the failed
+    step, and its exit status: 2 when a step failed on bad input, else 1."""
+    for r in recipes:
+        r.out.mkdir(parents=True, exist_ok=True)
+        (r.out / "recipe.json").write_text(json.dumps(recipe_record(r), indent=2))
     try:
-        for name, step_args, stdout_file in plan(r):
-            if name in ("teacher_eval", "export_eval") and not (r.data / "classnames.txt").is_file():
-                print(f"=== [{name}] skipped: {r.source} has no class names (zero-shot needs them)", flush=True)
-                continue
-            if not fresh and name != "report" and skippable(name, step_args, stdout_file, done):
-                print(f"=== [{name}] finished by an earlier call with the same arguments: not run again", flush=True)
-                call["skipped"].append(name)
-                continue
-            wall, step_cpu = run_step(name, step_args, stdout_file)
-            times[name], done[name] = {"wall_s": round(wall, 1), "cpu_s": round(step_cpu, 1)}, step_args
-            call["run"].append(name)
-            call.update(wall_s=round(time.perf_counter() - start, 1), cpu_s=round(_children_cpu() - cpu, 1))
-            for path, value in ((times_file, times), (done_file, done), (r.out / "last_call.json", call)):
-                path.write_text(json.dumps(value, indent=1))
-            if name == "data":
-                check_caption_counts(r)
-    except BadInputError as err:
+        execute([(Ledger(r.out, fresh), plan(r)) for r in recipes], jobs, fresh)
+    except StepFailed as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
-    except RuntimeError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(f"\nfinished in {time.perf_counter() - start:.0f} s: {r.out / 'report.md'}")
+        return 2 if err.code == 2 else 1
+    print(f"\nfinished: {', '.join(str(r.out / 'report.md') for r in recipes)}")
     return 0
-
-
-def check_caption_counts(r: Recipe) -> None:
-    """`CaptionCountError` (one line, naming the fix) for a `--captions` count above the training split's pairs."""
-    from common.datasets.subsets import CaptionCountError
-    sizes = json.loads((r.data / "train" / "sizes.json").read_text())
-    total = sum(sizes.values())
-    for n in r.captions:
-        if n is not None and n > total:
-            raise CaptionCountError(f"--captions {n} is more than the {total} pairs of {r.source}'s training split — "
-                                    f"use --captions {total} (or 'all') or fewer")
 
 
 def recipe_record(r: Recipe) -> dict[str, object]:
@@ -314,6 +274,8 @@ def parser(description: str = __doc__) -> argparse.ArgumentParser:
                    help="--init runs with the sigmoid loss for the first N seeds (default: the preset's)")
     p.add_argument("--teacher-cache", type=Path, default=DEFAULT_CACHE, help="where reference teachers are kept")
     p.add_argument("--fresh", action="store_true", help="run every step, even those an earlier call finished")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                   help="steps run at once when their inputs are ready (default: one per CPU core)")
     return p
 
 
@@ -352,10 +314,10 @@ def main(argv: list[str] | None = None) -> int:
     r = Recipe(a.source, Path(a.out).resolve(), Path(a.data).resolve(), sizes, tuple(a.seeds), a.teacher,
                a.stage1_config, a.stage2_config, tuple(a.stage1_set), tuple(a.stage2_set), tuple(a.student_set),
                tuple(a.captions), a.captions_seed, a.pool, a.teacher_cache.expanduser().resolve())
-    return checked_run(r, a.fresh)
+    return checked_run(r, a.fresh, a.jobs)
 
 
-def checked_run(r: Recipe, fresh: bool = False) -> int:
+def checked_run(r: Recipe, fresh: bool = False, jobs: int = 1) -> int:
     """`run(r)` after the checks that need no training: a given teacher is an open_clip export, the
     bootstrapped teacher has one caption set to train on. One line on stderr and 2 otherwise."""
     from stage1_mim.teacher_cache import NotAnExportError, require_open_clip_export
@@ -370,7 +332,7 @@ def checked_run(r: Recipe, fresh: bool = False) -> int:
     except (NotAnExportError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    return run(r, fresh)
+    return run(r, fresh, jobs)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from recipe import STAGE2_CFG, run_step
+from recipe import STAGE2_CFG
+from recipe_runner import run_step
 
 from common.config.schema import load_config, to_dict
 from common.errors import ConfigError

@@ -6,7 +6,7 @@ from scripts.recipe import Recipe, Sizes, plan
 
 
 def runs(recipe: Recipe) -> dict[str, list[str]]:
-    return {name: args for name, args, _ in plan(recipe)}
+    return {step.name: list(step.args) for step in plan(recipe)}
 
 
 def steps_of(args: list[str]) -> int:
@@ -39,5 +39,22 @@ def test_a_given_teacher_is_used_as_is_and_has_no_total_compute_control(tmp_path
 
 
 def test_recipe_runs_the_stage1_check_after_stage1(tmp_path):
-    names = [name for name, _, _ in plan(Recipe("folder:/x", tmp_path / "out", tmp_path / "data", SIZES))]
+    names = [step.name for step in plan(Recipe("folder:/x", tmp_path / "out", tmp_path / "data", SIZES))]
     assert names.index("stage1_check") == names.index("stage1") + 1
+
+
+def test_each_step_comes_after_the_steps_whose_output_it_reads(tmp_path):
+    """What lets `--jobs 2` run steps side by side safely (the runner starts a step once its `after` finished).
+    Mutation checked: the report listed after the students only (not the export's eval) — this test fails."""
+    made = {s.name: set(s.after) for s in plan(Recipe("folder:/x", tmp_path / "out", tmp_path / "data", SIZES,
+                                                      captions=(200,)))}
+    assert made["report"] == set(made) - {"report"}
+    assert made["teacher"] == {"captions_200"} and made["teacher_export"] == {"teacher"}
+    assert made["stage1"] == {"pool", "teacher_export"} and made["stage1_check"] == {"stage1"}
+    assert made["captions_200/init_seed0"] == {"captions_200", "stage1"}
+    assert made["captions_200/scratch_seed0"] == made["captions_200/scratch_equal_student_seed0"] == {"captions_200"}
+    assert made["export"] == {"captions_200/init_seed0"} and made["export_eval"] == {"export"}
+    reference = {s.name: set(s.after) for s in plan(Recipe("fashion-mnist", tmp_path / "ref", tmp_path / "data", SIZES,
+                                                           teacher="reference"))}
+    assert reference["teacher"] == {"data"} and reference["stage1"] == {"pool", "teacher"}
+    assert reference["init_seed0"] == {"data", "stage1"} and reference["teacher_eval"] == {"data", "teacher"}
