@@ -36,7 +36,9 @@ DEFAULT_CACHE = Path.home() / ".cache" / "evaclip" / "teachers"
 IGNORED_KEYS = ("train.output_dir", "train.eval_every", "train.save_every", "train.log_every", "train.keep_last",
                 "train.progress", "train.tensorboard", "train.remote_dir", "train.checkpoint_errors",
                 "train.dist_timeout_s", "data.train_shards", "data.eval_shards", "data.eval_batch_size",
-                "data.eval_max_samples", "data.final_eval_max_samples", "eval")
+                "data.eval_max_samples", "data.final_eval_max_samples", "eval",
+                # what only watches a run (a version that adds such a field must not orphan cached teachers)
+                "train.wandb", "train.telemetry", "train.data_wait_warn", "train.peak_tflops")
 
 
 class CacheKeyError(BadInputError):

@@ -92,7 +92,8 @@ def test_key_ignores_what_does_not_change_the_weights(fmnist_shards):
     config = {"train": {"steps": 300, "output_dir": "runs/a", "eval_every": 20}, "data": {
         "train_shards": "x", "eval_max_samples": 500, "image_size": 56}, "eval": {"zeroshot": []}}
     moved = json.loads(json.dumps(config))
-    moved["train"].update(output_dir="elsewhere", eval_every=0)
+    moved["train"].update(output_dir="elsewhere", eval_every=0, wandb={"mode": "offline"}, telemetry=False,
+                          data_wait_warn=0.5, peak_tflops=989.0)
     moved["data"].update(train_shards="y", eval_max_samples=0)
     assert weight_config(config) == weight_config(moved) == {"train": {"steps": 300}, "data": {"image_size": 56}}
     train = str(fmnist_shards / "train")
