@@ -27,19 +27,18 @@ from recipe import QUICK, Recipe, Sizes, parser, run_recipes, with_sigmoid
 
 CAPTIONS = 200             # the caption count where the reference regime measured best
 NO_EVALS = ("train.eval_every=0",)  # the regime's runs: final evals only
-HEADLINE = Sizes(stage1_steps=240, scratch_seeds=0, control_seeds=2, total_seeds=0)
+ARMS = {"scratch_seeds": 0, "control_seeds": 2, "total_seeds": 0}  # --init beside the equal-student control
+HEADLINE = Sizes(stage1_steps=240, **ARMS)
 COUNTER = Sizes()          # the bootstrapped recipe: teacher 80 → stage 1 80 → stage 2 50, every control
 
 
 def recipes(args: Any) -> list[Recipe]:
     """The headline recipe, and the counter-case when asked for."""
     out, data, cache = Path(args.out).resolve(), Path(args.data).resolve(), args.teacher_cache.expanduser().resolve()
-    quick_headline = replace(QUICK, scratch_seeds=0, control_seeds=2, total_seeds=0, sigmoid_seeds=0)
-    headline = Recipe("fashion-mnist", out, data, with_sigmoid(quick_headline if args.quick else HEADLINE,
-                                                               args.sigmoid_seeds),
-                      tuple(args.seeds), "reference", captions=(128 if args.quick else args.captions,),
-                      teacher_cache=cache, stage1_set=() if args.quick else NO_EVALS,
-                      student_set=() if args.quick else NO_EVALS)
+    sizes = replace(QUICK, sigmoid_seeds=0, **ARMS) if args.quick else HEADLINE
+    headline = Recipe("fashion-mnist", out, data, with_sigmoid(sizes, args.sigmoid_seeds), tuple(args.seeds),
+                      "reference", captions=(128 if args.quick else args.captions,), teacher_cache=cache,
+                      stage1_set=NO_EVALS, student_set=NO_EVALS)
     if not args.counter_case:
         return [headline]
     counter = Recipe("fashion-mnist", out / "bootstrap", data, QUICK if args.quick else COUNTER, tuple(args.seeds))
@@ -51,8 +50,9 @@ def write_summary(made: list[Recipe], wall_s: float) -> str:
     head = made[0].out
     teacher = json.loads((head / "teacher.json").read_text())
     how = "made by this call" if teacher.get("made_now") else "reused from the cache (made by an earlier call)"
-    lines = ["# evaclip demo", "", f"- the regime the recipe is for: [report.md](report.md) (teacher `{teacher['entry']}`: "
-             f"{how}; making it took {teacher.get('wall_s')} s wall, {teacher.get('cpu_s')} CPU s)"]
+    lines = ["# evaclip demo", "", f"- the regime the recipe is for: [report.md](report.md) (teacher "
+             f"`{teacher['entry']}`: {how}; making it took {teacher.get('wall_s')} s wall, "
+             f"{teacher.get('cpu_s')} CPU s)"]
     if len(made) > 1:
         lines.append("- the counter-case, a bootstrapped teacher: [bootstrap/report.md](bootstrap/report.md)")
     lines.append(f"- this call: {wall_s:.0f} s wall (steps an earlier call finished with the same arguments are not "

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Optional
 
 # scripts/ is on sys.path when this runs as a script
-from recipe_runner import Ledger, Step, StepFailed, execute
+from recipe_runner import BAD_INPUT, Ledger, Step, StepFailed, execute
 
 STAGE1_CFG, STAGE2_CFG = "configs/stage1/fmnist_tiny.yaml", "configs/stage2/fmnist_tiny.yaml"
 DEFAULT_CACHE = Path.home() / ".cache" / "evaclip" / "teachers"  # stage1_mim.teacher_cache.DEFAULT_CACHE
@@ -238,7 +238,7 @@ def run_recipes(recipes: list[Recipe], fresh: bool = False, jobs: int = 1) -> in
         execute([(Ledger(r.out, fresh), plan(r)) for r in recipes], jobs, fresh)
     except StepFailed as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2 if err.code == 2 else 1
+        return BAD_INPUT if err.code == BAD_INPUT else 1
     print(f"\nfinished: {', '.join(str(r.out / 'report.md') for r in recipes)}")
     return 0
 

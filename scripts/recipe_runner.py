@@ -122,15 +122,12 @@ def _jobs(plans: list[tuple[Ledger, list[Step]]]) -> list[_Job]:
 def run_step(name: str, args: tuple[str, ...] | list[str]) -> tuple[float, float]:
     """Run one step now, its output going where this process's goes; (wall seconds, CPU seconds of it and every
     process it waited for). Raises `StepFailed`."""
-    print(f"\n=== [{name}] python {' '.join(args)}", flush=True)
-    start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = code = os.waitstatus_to_exitcode(status)
+    job = _Job(Step(name, tuple(args)), [], name)
+    _start(job, 1, dict(os.environ))
+    _, status, usage = os.wait4(job.proc.pid, 0)
+    code, wall, cpu = _finish(job, status, usage)
     if code != 0:
-        raise StepFailed(f"step '{name}' failed (exit code {code}) — its output is above", code)
-    wall, cpu = time.perf_counter() - start, usage.ru_utime + usage.ru_stime
-    print(f"=== [{name}] done in {wall:.0f} s ({cpu:.0f} CPU s)", flush=True)
+        raise _failure(job, code)
     return wall, cpu
 
 
@@ -165,6 +162,18 @@ def _start(job: _Job, jobs: int, env: dict[str, str]) -> None:
         job.files.append(out)
     job.started, job.state = time.perf_counter(), "running"
     job.proc = subprocess.Popen([sys.executable, *step.args], cwd=ROOT, stdout=out, stderr=err, env=env)
+
+
+def _finish(job: _Job, status: int, usage: "os.struct_rusage") -> tuple[int, float, float]:
+    """Close a job whose process exited with wait `status`: (exit code, wall s, CPU s); says so when it succeeded."""
+    job.proc.returncode = code = os.waitstatus_to_exitcode(status)
+    for f in job.files:
+        f.close()
+    wall, cpu = time.perf_counter() - job.started, usage.ru_utime + usage.ru_stime
+    if code == 0:
+        job.state = "done"
+        print(f"=== [{job.label}] done in {wall:.0f} s ({cpu:.0f} CPU s)", flush=True)
+    return code, wall, cpu
 
 
 def _failure(job: _Job, code: int) -> StepFailed:
@@ -214,16 +223,11 @@ def execute(plans: list[tuple[Ledger, list[Step]]], jobs: int = 1, fresh: bool =
         if not running:
             break
         job, status, usage = _wait_any(running)
-        job.proc.returncode = code = os.waitstatus_to_exitcode(status)
-        for f in job.files:
-            f.close()
+        code, wall, cpu = _finish(job, status, usage)
         if code != 0:
             _stop([j for j in running if j is not job])
             raise _failure(job, code)
-        wall, cpu = time.perf_counter() - job.started, usage.ru_utime + usage.ru_stime
         cpu_total += cpu
-        job.state = "done"
-        print(f"=== [{job.label}] done in {wall:.0f} s ({cpu:.0f} CPU s)", flush=True)
         for ledger in job.ledgers:
             ledger.record(job.step, wall, cpu, time.perf_counter() - start, cpu_total)
     waiting = [j.label for j in all_jobs if j.state == "waiting"]

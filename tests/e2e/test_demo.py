@@ -54,7 +54,8 @@ def test_quick_demo_counter_case_runs_every_control(quick_demo):
     assert results["init"]["student_steps"] == 6 and results["init"]["total_steps"] == 9
     assert results["scratch_equal_student"]["steps"] == [6] and results["scratch_equal_total"]["steps"] == [9]
     export = results["export_eval"]
-    assert export["n"] == 128 and export["zeroshot_top1"] == pytest.approx(results["init"]["zero_shot_top1"][0], abs=1e-6)
+    assert export["n"] == 128
+    assert export["zeroshot_top1"] == pytest.approx(results["init"]["zero_shot_top1"][0], abs=1e-6)
     report = (quick_demo / "bootstrap" / "report.md").read_text()
     assert "| scratch_equal_student | 1 | 6 | 6 | 6 |" in report and "| init | 2 | 3 | 6 | 9 |" in report
     for name in ("loss_curves.png", "zeroshot_vs_step.png", "export/open_clip_config.json"):
@@ -75,4 +76,5 @@ def test_recipe_on_an_image_folder_with_a_given_teacher(quick_demo, tmp_path):
     assert {"scratch_equal_student", "scratch_equal_total", "init_sigmoid"}.isdisjoint(results)
     assert results["init"]["total_steps"] == results["init"]["student_steps"] == 6  # the given teacher counts 0
     export = results["export_eval"]
-    assert export["n"] == 128 and export["zeroshot_top1"] == pytest.approx(results["init"]["zero_shot_top1"][0], abs=1e-6)
+    assert export["n"] == 128
+    assert export["zeroshot_top1"] == pytest.approx(results["init"]["zero_shot_top1"][0], abs=1e-6)

@@ -82,7 +82,8 @@ def test_parallel_steps_get_their_share_of_the_cores_threads(tmp_path, monkeypat
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr("os.cpu_count", lambda: 4)
     env = tmp_path / "env.json"
-    show = py("import json, os; print(json.dumps({k: os.environ.get(k) for k in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS')}))")
+    show = py("import json, os\n"
+              "print(json.dumps({k: os.environ.get(k) for k in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS')}))")
     execute([(Ledger(tmp_path), [Step("show", show, stdout=env)])], jobs=2)
     assert json.loads(env.read_text()) == {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
 
